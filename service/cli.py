@@ -1449,6 +1449,7 @@ def _forget(args: argparse.Namespace, channel: grpc.Channel) -> int:
             "documents": entry.documents,
             "other_subjects": list(entry.other_subjects),
             "other_subjects_omitted": entry.other_subjects_omitted,
+            "other_subjects_withheld": entry.other_subjects_withheld,
         }
         for entry in response.deleted_documents
     ]
@@ -1469,13 +1470,20 @@ def _forget(args: argparse.Namespace, channel: grpc.Channel) -> int:
                 f" {args.aggregate_id} deleted in flight; their commands' effects stay (docs/plugins.md, Forgetting)",
                 file=sys.stderr,
             )
-            if entry.other_subjects:
+            if forgotten.other_subjects(entry):
                 # Where those processes stood: the aggregates to finish or compensate by hand.
                 print(
                     f"warning: reaction {entry.name}: the other aggregates they named, to finish or compensate"
                     f" by hand: {forgotten.other_subjects(entry)}",
                     file=sys.stderr,
                 )
+        elif entry.documents and forgotten.other_subjects(entry):
+            # Documents other aggregates were derived from too: theirs are gone for now.
+            print(
+                f"warning: projection {entry.name}: documents shared with other aggregates deleted (theirs are"
+                f" missing until each one's next event, or a rebuild): {forgotten.other_subjects(entry)}",
+                file=sys.stderr,
+            )
     return EXIT_OK
 
 

@@ -30,6 +30,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── Unauthenticated         no credentials, or credentials that do not verify
     ├── PermissionDenied        the caller may not do this
     ├── AggregateForgotten      the aggregate's key was forgotten; its state is gone
+    │   └── TenantShredded          ...a new aggregate of a tenant whose master keys are all destroyed
     ├── DocumentForgotten       a read model's documents of a tenant whose key was destroyed (shredded)
     ├── AggregateDeleted        the aggregate was deleted; its tombstone stands for it
     ├── SubjectsForgotten       a read model's commit named forgotten aggregates (internal: applied again)
@@ -467,6 +468,24 @@ class DocumentForgotten(ChronicleError):
             f"projection {projection}'s documents of tenant {tenant!r} were shredded: the master key that sealed"
             " them was destroyed",
             metadata={"projection": projection, "tenant": tenant},
+        )
+
+
+class TenantShredded(AggregateForgotten):
+    """A new aggregate of a shredded tenant (every master key of its own
+    destroyed): no data key can be made for it, so nothing of it can be
+    written. An AggregateForgotten (nothing can ever be written there, so
+    everything that treats a forgotten aggregate so treats this alike), with
+    its own reason: the id was never forgotten, and saying so misleads."""
+
+    default_reason = "TENANT_SHREDDED"
+
+    def __init__(self, aggregate_id: str, tenant: str) -> None:
+        ChronicleError.__init__(
+            self,
+            f"aggregate {aggregate_id!r} cannot be written: the master keys of its tenant {tenant!r} are destroyed"
+            " (the tenant is shredded), so no new aggregate of it can be written",
+            metadata={"aggregate_id": aggregate_id, "tenant": tenant},
         )
 
 

@@ -180,7 +180,10 @@ class AdminService(pb_grpc.AdminServiceServicer):
                 forgotten.summary(deleted),
                 extra={"aggregate_id": aggregate_id, "processes_deleted": forgotten.in_flight(deleted)},
             )
-        answer = pb.ForgetAggregateResponse(already_forgotten=not forgetting.erased, deleted_documents=deleted)
+        # The log (the operator's) names every other aggregate; a tenant's
+        # administrator is told of another tenant's only how many.
+        shown = deleted if tenant is None else forgotten.deleted_documents(forgetting, tenant=tenant)
+        answer = pb.ForgetAggregateResponse(already_forgotten=not forgetting.erased, deleted_documents=shown)
         if forgetting.forgotten_at_us is not None:
             answer.forgotten_time.CopyFrom(timestamp(forgetting.forgotten_at_us))
         if forgetting.erased:
@@ -339,7 +342,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
             )
             remaining = await bulk.matching(selection)
             without_key = await bulk.without_key(selection.prefix) if selection.prefix else 0
-            response = bulk_forget.answer(done, remaining=remaining, without_key=without_key)
+            response = bulk_forget.answer(done, remaining=remaining, without_key=without_key, tenant=tenant)
             outcome.message = (
                 f"{bulk_forget.counted(done.forgotten)} forgotten ({selection.describe()}), {remaining} remaining"
                 + (f", {len(done.not_encrypted)} not encrypted" if done.not_encrypted else "")

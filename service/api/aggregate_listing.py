@@ -27,7 +27,7 @@ async def list_page(events: EventRecorder, request: pb.ListAggregatesRequest) ->
     listing = fingerprint("aggregates", prefix, aggregate_type or "")
     after = ""
     if request.page_token:
-        ended_at = read_token(request.page_token, listing).get("a")
+        ended_at = read_token(request.page_token, listing, bound_to="the prefix and aggregate type").get("a")
         if not isinstance(ended_at, str):
             raise InvalidInput.for_field(
                 "page_token", "is not a page token this server made", reason="INVALID_PAGE_TOKEN"

@@ -248,11 +248,15 @@ def summed(forgettings: Sequence[Forgetting]) -> Forgetting:
     return total.as_forgetting()
 
 
-def answer(done: BulkForgetting, *, remaining: int, without_key: int) -> pb.ForgetAggregatesResponse:
+def answer(
+    done: BulkForgetting, *, remaining: int, without_key: int, tenant: str | None = None
+) -> pb.ForgetAggregatesResponse:
+    """``tenant``: the answer is for that tenant's administrator (other
+    tenants' ids among the other subjects counted, not named)."""
     return pb.ForgetAggregatesResponse(
         forgotten=done.forgotten,
         remaining=remaining,
-        deleted_documents=forgotten.deleted_documents(done.as_forgetting()),
+        deleted_documents=forgotten.deleted_documents(done.as_forgetting(), tenant=tenant),
         not_encrypted=len(done.not_encrypted),
         not_encrypted_ids=sorted(done.not_encrypted)[:MAX_NAMED],
         without_key=without_key,

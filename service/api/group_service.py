@@ -73,7 +73,7 @@ def _name(field: str, value: str, reason: str) -> str:
 def _parked_after(token: str, listing: str) -> tuple[int, str]:
     """Where ListParked's page ``token`` continues: after this parked event
     (a position and an event id: a split event's pieces share a position)."""
-    fields = read_token(token, listing)
+    fields = read_token(token, listing, bound_to="the group")
     position, event_id = fields.get("p"), fields.get("e")
     # A tampered token is input like any other (JSON's true is no int here).
     if type(position) is not int or not 0 <= position <= MAX_VERSION or not isinstance(event_id, str):

@@ -37,8 +37,11 @@ def make_token(listing: str, **after: Any) -> str:
     return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
 
 
-def read_token(token: str, listing: str, *, field: str = "page_token") -> dict[str, Any]:
-    """The token's fields (``make_token``'s keywords); raises InvalidInput."""
+def read_token(token: str, listing: str, *, bound_to: str, field: str = "page_token") -> dict[str, Any]:
+    """The token's fields (``make_token``'s keywords); raises InvalidInput.
+    ``bound_to``: the request's fields the listing's fingerprint is made of,
+    in words ("the prefix and aggregate type"), for the caller told that a
+    token continues another listing."""
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidInput.for_field(field, f"at most {MAX_TOKEN_LENGTH} characters", reason="INVALID_PAGE_TOKEN")
     try:
@@ -55,7 +58,7 @@ def read_token(token: str, listing: str, *, field: str = "page_token") -> dict[s
     if decoded["l"] != listing:
         raise InvalidInput.for_field(
             field,
-            "continues another listing: pass it with the projection, prefix and order of the request it came from",
+            f"continues another listing: pass it with {bound_to} of the request it came from",
             reason="PAGE_TOKEN_MISMATCH",
         )
     return decoded

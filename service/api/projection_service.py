@@ -260,7 +260,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         after = None
         read_at = 0
         if request.page_token:
-            token = read_token(request.page_token, listing)
+            token = read_token(request.page_token, listing, bound_to="the projection, key prefix and order")
             after, read_at = token.get("k"), token.get("p", 0)
             if not isinstance(after, str) or not after.startswith(prefix):
                 raise InvalidInput.for_field("page_token", "is damaged", reason="INVALID_PAGE_TOKEN")
@@ -402,7 +402,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         listing = fingerprint("parked", projection.name)
         after = None
         if request.page_token:
-            token = read_token(request.page_token, listing)
+            token = read_token(request.page_token, listing, bound_to="the projection")
             position, event_id = token.get("p"), token.get("e")
             # A tampered token is input like any other: its position goes to
             # the store as a signed 64-bit integer (JSON's true is no int here).

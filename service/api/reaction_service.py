@@ -271,7 +271,7 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             listing = fingerprint("process states", reaction.name, prefix)
             after = None
             if request.page_token:
-                after = read_token(request.page_token, listing).get("k")
+                after = read_token(request.page_token, listing, bound_to="the reaction and key prefix").get("k")
                 if not isinstance(after, str) or not after.startswith(prefix):
                     raise InvalidInput.for_field("page_token", "is damaged", reason="INVALID_PAGE_TOKEN")
             position = await self._documents.projection_position(reaction.name)
@@ -457,7 +457,7 @@ def _with_reason(reason: str) -> str:
 
 def _after(token: str, listing: str) -> ParkedAt:
     """Where the page ``token`` continues: after this parked command."""
-    fields = read_token(token, listing)
+    fields = read_token(token, listing, bound_to="the reaction")
     position, parked_at_us, command_id = fields.get("p"), fields.get("t"), fields.get("c")
     # A token of a version before sequences (no "s") goes on where it was:
     # among the commands parked before them, which all sort first.

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from service.errors import AggregateForgotten, ConfigurationError, MasterKeysUnfit
+from service.errors import AggregateForgotten, ConfigurationError, MasterKeysUnfit, TenantShredded
 from service.principal import TENANT_SEPARATOR, tenant_problem
 from service.store.records import DataKey
 
@@ -167,7 +167,8 @@ class MasterKeys:
     def key_id_for(self, owner: str) -> str:
         """The id of the master key that wraps ``owner``'s data key: its
         tenant's active key, else the shared active key. One dict lookup;
-        AggregateForgotten for an aggregate of a shredded tenant."""
+        TenantShredded (an AggregateForgotten) for an aggregate of a shredded
+        tenant."""
         if self.tenant_active or self.shredded:
             tenant = owner_tenant(owner)
             if tenant:
@@ -175,7 +176,7 @@ class MasterKeys:
                 if found is not None:
                     return found
                 if tenant in self.shredded:
-                    raise AggregateForgotten(owner)
+                    raise TenantShredded(owner, tenant)
         return self.active
 
     def shreds(self, key: DataKey) -> bool:

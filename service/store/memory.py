@@ -31,7 +31,6 @@ from service.store.records import (
     HIDDEN_CLAIM_MARK,
     MAX_OTHER_SUBJECTS,
     PARKED_COMMAND_TYPE,
-    PROCESS_STATE_TYPE,
     REFUSED,
     AggregateHead,
     AggregateLastEvent,
@@ -514,13 +513,13 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         return sum(1 for i, key in self._keys.items() if not key.forgotten and i.startswith(prefix))
 
     def _other_subjects_of(self, aggregate_id: str) -> dict[str, OtherSubjects]:
-        """By reaction, the aggregates other than ``aggregate_id`` that its
-        process states naming ``aggregate_id`` name (as the SQL stores'
-        OTHER_SUBJECTS_OF_FORGOTTEN)."""
+        """By projection or reaction, the aggregates other than
+        ``aggregate_id`` that its documents naming ``aggregate_id`` name, parked
+        commands left out (as the SQL stores' OTHER_SUBJECTS_OF_FORGOTTEN)."""
         named: dict[str, set[str]] = {}
         for document, subjects in self._subjects.items():
             stored = self._documents.get(document)
-            if aggregate_id in subjects and stored is not None and stored.type_name == PROCESS_STATE_TYPE:
+            if aggregate_id in subjects and stored is not None and stored.type_name != PARKED_COMMAND_TYPE:
                 named.setdefault(document[0], set()).update(set(subjects) - {aggregate_id})
         return {
             name: OtherSubjects(tuple(sorted(others)[:MAX_OTHER_SUBJECTS]), len(others))

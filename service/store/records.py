@@ -255,8 +255,10 @@ MAX_OTHER_SUBJECTS = 20
 
 @dataclass(frozen=True, slots=True)
 class OtherSubjects:
-    """The aggregates other than the forgotten one that a reaction's process
-    states deleted by a forget named as their subjects: the first
+    """The aggregates other than the forgotten one that the documents a
+    forget deleted named as their subjects (a reaction's process states, a
+    read model's documents shared with other aggregates; not parked
+    commands), per projection or reaction: the first
     ``MAX_OTHER_SUBJECTS`` by id (``shown``), and how many in all
     (``total``). Aggregate ids, stored in the clear like every envelope."""
 

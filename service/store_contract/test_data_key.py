@@ -180,8 +180,10 @@ async def test_forgetting_deletes_the_documents_that_name_the_aggregate(store: S
 async def test_forgetting_names_the_other_subjects_of_the_process_states_it_deletes(store: StoreAdapter) -> None:
     """What an operator finishes or compensates by hand: per reaction, the
     other aggregates its deleted processes named, the first
-    MAX_OTHER_SUBJECTS by id and how many in all; not those of a parked
-    command, a read model's document, or a process that lives on."""
+    MAX_OTHER_SUBJECTS by id and how many in all; per projection, the other
+    aggregates its deleted documents were derived from too (until their
+    next event puts them back); not those of a parked command, or of a
+    process that lives on."""
     await store.create_data_key(key("acc-1"))
     many = [f"order-{n:02}" for n in range(MAX_OTHER_SUBJECTS + 5)]
     states = [
@@ -199,6 +201,7 @@ async def test_forgetting_names_the_other_subjects_of_the_process_states_it_dele
     forgetting = await store.forget_aggregate_data("acc-1")
     assert forgetting.other_subjects == {
         "big": OtherSubjects(tuple(many[:MAX_OTHER_SUBJECTS]), len(many)),
+        "p": OtherSubjects(("acc-6",), 1),
         "r": OtherSubjects(("acc-2", "acc-3", "t-1"), 3),
     }
     assert forgetting.documents == {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.errors import AggregateForgotten, MasterKeysUnfit
+from service.errors import AggregateForgotten, MasterKeysUnfit, TenantShredded
 from service.store.base import StoreAdapter
 from service.store.encryption import Keyring, MasterKeys, check_master_keys, claims_key_id, new_master_key
 from service.store.records import ClaimChange, DataKey, Snapshot
@@ -88,10 +88,12 @@ async def test_a_destroyed_tenant_key_reads_as_forgotten_and_the_check_passes(st
     assert await shredded.roles.snapshots.load_snapshot("acme:acc-1") is None
     assert await payloads(shredded, "globex:acc-1") == [(False, b"\x08\x09")]
     assert await payloads(shredded, "acc-1") == [(False, b"\x08\x09")]
-    with pytest.raises(AggregateForgotten):
+    with pytest.raises(AggregateForgotten) as forgotten:
         await shredded.roles.events.append("acme:acc-1", [new_event()], 1)
-    with pytest.raises(AggregateForgotten):  # a tenant whose every key is destroyed gets no new aggregate
+    assert forgotten.value.reason == "AGGREGATE_FORGOTTEN"
+    with pytest.raises(TenantShredded) as refused:  # a tenant whose every key is destroyed gets no new aggregate
         await shredded.roles.events.append("acme:acc-9", [new_event()], 0)
+    assert (refused.value.reason, refused.value.metadata["tenant"]) == ("TENANT_SHREDDED", "acme")
     assert await store.load_data_key("acme:acc-9") is None
     assert await shredded.keyring.rewrap() == 0  # nothing opens it: left as it is
 

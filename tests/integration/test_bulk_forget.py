@@ -98,6 +98,12 @@ async def test_a_tenant_is_listed_by_prefix_a_page_at_a_time(client: Client) -> 
     assert await refusal(
         client.admin.ListAggregates(admin.ListAggregatesRequest(prefix="acmf:", page_token=first.next_page_token))
     ) == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_MISMATCH", {})
+    # Said in the listing's own terms (before: "pass it with the projection, ...", which a listing has none of).
+    with pytest.raises(grpc.aio.AioRpcError) as mismatch:
+        await client.admin.ListAggregates(admin.ListAggregatesRequest(prefix="acmf:", page_token=first.next_page_token))
+    said = mismatch.value.details() or ""
+    assert "pass it with the prefix and aggregate type of the request it came from" in said
+    assert "projection" not in said
 
 
 async def test_a_listing_with_bad_input_is_refused_with_its_reason_and_field(client: Client) -> None:

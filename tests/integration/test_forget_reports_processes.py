@@ -141,6 +141,7 @@ async def test_forgetting_says_which_reactions_processes_it_deleted_in_flight(
                     "documents": 0,
                     "other_subjects": [],  # its processes named only their feed
                     "other_subjects_omitted": 0,
+                    "other_subjects_withheld": 0,
                 }
             ],
         }

@@ -19,6 +19,7 @@ import pytest
 
 from chronicle.v1 import admin_service_pb2 as admin
 from chronicle.v1 import event_service_pb2 as ev
+from chronicle.v1 import projection_service_pb2 as projection
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.audit import AuditLog
 from service.client import ChronicleClient
@@ -296,3 +297,60 @@ async def test_the_python_clients_admin_part_works_for_a_tenants_administrator(c
         done = await support.admin.forget_aggregates(aggregate_ids=["acme:acc-2"], confirm=1)
         assert done.forgotten == 1
     assert await forgotten(callers.root, "acme:acc-2")
+
+
+BALANCES = "bank.balances_by_owner"
+
+
+async def owners_document(client: Client, owner: str, position: int) -> bank.OwnerBalance | None:
+    """The read model's document of ``owner`` once it has seen ``position``;
+    None if it has none."""
+    request = projection.GetDocumentRequest(projection=BALANCES, key=f"owner:{owner}", min_position=position)
+    try:
+        found = await client.projections.GetDocument(request, timeout=10)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+    document = bank.OwnerBalance()
+    assert found.document.Unpack(document)
+    return document
+
+
+async def test_a_forget_says_which_other_aggregates_lost_a_shared_document_and_a_tenant_admin_how_many(
+    callers: Callers,
+) -> None:
+    """The bank's read model keeps one document per owner naming each of
+    the owner's accounts: acme's ``acme:evil``, opened with the owner of
+    globex's account, shares it with globex's. Forgetting ``acme:evil``
+    deletes that document with it (derived data of the forgotten), so the
+    answer says so: to acme's administrator, one other aggregate of another
+    tenant, not named (before: no other aggregate at all); to an
+    administrator of every tenant, by id. Globex's next event writes its
+    document again."""
+    await callers.root.submit(command("globex:acc-9", bank.OpenAccount(owner="Shared Owner")))
+    await callers.root.submit(command("acme:acc-9", bank.OpenAccount(owner="Shared Owner")))
+    opened = await callers.root.submit(command("acme:evil", bank.OpenAccount(owner="Shared Owner")))
+    shared = await owners_document(callers.root, "Shared Owner", opened.events[-1].position)
+    assert shared is not None and list(shared.account_ids) == ["acme:acc-9", "acme:evil", "globex:acc-9"]
+
+    answer = await callers.support.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acme:evil"))
+    (deleted,) = answer.deleted_documents
+    assert (deleted.name, deleted.documents) == (BALANCES, 2)  # its account: document and the owner's
+    assert (list(deleted.other_subjects), deleted.other_subjects_withheld, deleted.other_subjects_omitted) == (
+        ["acme:acc-9"],
+        1,
+        0,
+    )
+    assert "globex" not in str(answer)
+
+    deposited = await callers.root.submit(command("globex:acc-9", bank.Deposit(amount=7)))
+    back = await owners_document(callers.root, "Shared Owner", deposited.events[-1].position)
+    assert back is not None and (list(back.account_ids), back.balance) == (["globex:acc-9"], 7)
+
+    await callers.root.submit(command("globex:acc-8", bank.OpenAccount(owner="Second Owner")))
+    opened = await callers.root.submit(command("acme:evil2", bank.OpenAccount(owner="Second Owner")))
+    assert await owners_document(callers.root, "Second Owner", opened.events[-1].position) is not None
+    answer = await callers.root.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acme:evil2"))
+    (deleted,) = answer.deleted_documents
+    assert (list(deleted.other_subjects), deleted.other_subjects_withheld) == (["globex:acc-8"], 0)

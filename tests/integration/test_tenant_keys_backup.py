@@ -115,7 +115,16 @@ async def test_a_destroyed_tenant_key_shreds_the_tenant_in_a_restored_backup(sit
             assert await redactions(client, aggregate_id) == [True] * events
         assert await redactions(client, "globex:acc-1") == [False]
         assert await refused(client.submit(command("acme:acc-1", bank.Deposit(amount=1)))) == FORGOTTEN
-        assert await refused(client.submit(command("acme:acc-3", bank.OpenAccount(owner="x")))) == FORGOTTEN
+        # A new id of the shredded tenant: never forgotten, it cannot be written (before: AGGREGATE_FORGOTTEN).
+        with pytest.raises(grpc.aio.AioRpcError) as new_one:
+            await client.submit(command("acme:acc-3", bank.OpenAccount(owner="x")))
+        details = details_of(new_one.value)
+        assert (details.code, details.reason, details.metadata["tenant"]) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "TENANT_SHREDDED",
+            "acme",
+        )
+        assert "master keys of its tenant 'acme' are destroyed" in (new_one.value.details() or "")
         assert await owner(client, "globex:acc-1") == GLOBEX_OWNER
         assert await owner(client, "acc-1") == UNTENANTED_OWNER
         assert (await client.admin.RewrapKeys(admin.RewrapKeysRequest())).rewrapped == 0

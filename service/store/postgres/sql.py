@@ -709,16 +709,17 @@ RELEASE_CLAIMS_OF_FORGOTTEN = (
 # The documents that name the forgotten aggregate as a subject (the GIN index).
 # Counted by projection and type as they go (a reaction's process states
 # among them), for ForgetAggregate's answer.
-# The other aggregates the process states DELETE_DOCUMENTS_OF_FORGOTTEN
-# deletes named, by reaction: the first MAX_OTHER_SUBJECTS by id, and how
-# many in all. Run just before it, in its transaction.
+# The other aggregates the documents DELETE_DOCUMENTS_OF_FORGOTTEN deletes
+# named (a reaction's process states, a read model's documents; not parked
+# commands), by projection or reaction: the first MAX_OTHER_SUBJECTS by id,
+# and how many in all. Run just before it, in its transaction.
 OTHER_SUBJECTS_OF_FORGOTTEN = (
     "SELECT projection, subject, total FROM ("
     ' SELECT projection, subject, row_number() OVER (PARTITION BY projection ORDER BY subject COLLATE "C") AS n,'
     " count(*) OVER (PARTITION BY projection) AS total FROM ("
     "  SELECT DISTINCT d.projection, named.subject FROM chronicle.projection_documents d,"
     "  unnest(d.subjects) AS named(subject)"
-    f"  WHERE d.subjects @> ARRAY[$1::text] AND d.type_name = '{PROCESS_STATE_TYPE}' AND named.subject <> $1"
+    f"  WHERE d.subjects @> ARRAY[$1::text] AND d.type_name <> '{PARKED_COMMAND_TYPE}' AND named.subject <> $1"
     "  AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)) others) ranked"
     f' WHERE n <= {MAX_OTHER_SUBJECTS} ORDER BY projection, subject COLLATE "C"'
 )

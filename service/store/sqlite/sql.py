@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 
-from service.store.records import MAX_OTHER_SUBJECTS, PARKED_COMMAND_TYPE, PROCESS_STATE_TYPE, TOMBSTONE_EVENT_TYPE
+from service.store.records import MAX_OTHER_SUBJECTS, PARKED_COMMAND_TYPE, TOMBSTONE_EVENT_TYPE
 from service.store.sql_common import (
     AUDIT_FIELDS,
     COMMAND_FIELDS,
@@ -371,16 +371,17 @@ COUNT_DOCUMENTS_OF_FORGOTTEN = (
     " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
     " GROUP BY projection, type_name"
 )
-# The other aggregates the process states DELETE_DOCUMENTS_OF_FORGOTTEN
-# deletes named, by reaction: the first MAX_OTHER_SUBJECTS by id, and how
-# many in all (parameters: the aggregate id, three times).
+# The other aggregates the documents DELETE_DOCUMENTS_OF_FORGOTTEN deletes
+# named (a reaction's process states, a read model's documents; not parked
+# commands), by projection or reaction: the first MAX_OTHER_SUBJECTS by id,
+# and how many in all (parameters: the aggregate id, three times).
 OTHER_SUBJECTS_OF_FORGOTTEN = (
     "SELECT projection, subject, total FROM ("
     " SELECT projection, subject, row_number() OVER (PARTITION BY projection ORDER BY subject) AS n,"
     " count(*) OVER (PARTITION BY projection) AS total FROM ("
     "  SELECT DISTINCT s.projection, s.subject FROM projection_subjects s"
     "  JOIN projection_documents d ON d.projection = s.projection AND d.key = s.key"
-    f"  WHERE d.type_name = '{PROCESS_STATE_TYPE}' AND s.subject <> ?"
+    f"  WHERE d.type_name <> '{PARKED_COMMAND_TYPE}' AND s.subject <> ?"
     "  AND (s.projection, s.key) IN (SELECT projection, key FROM projection_subjects WHERE subject = ?)"
     "  AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)))"
     f" WHERE n <= {MAX_OTHER_SUBJECTS} ORDER BY projection, subject"
