@@ -349,8 +349,12 @@ class Keyring:
 
     async def for_writing(self, aggregate_id: str) -> AESGCM:
         """The aggregate's cipher, making its key on first use. Raises
-        AggregateForgotten for a forgotten aggregate."""
-        cipher = await self.for_reading(aggregate_id)
+        AggregateForgotten for a forgotten aggregate (a shredded tenant's
+        among them: checked before a key is made, which for a new id of a
+        shredded tenant raises TenantShredded instead)."""
+        cipher, forgotten = await self.cipher_or_forgotten(aggregate_id)
+        if forgotten:
+            raise AggregateForgotten(aggregate_id)
         if cipher is None:
             master_key_id, wrapped = self._master.wrap(AESGCM.generate_key(bit_length=KEY_BYTES * 8), aggregate_id)
             stored = await self._store.create_data_key(DataKey(aggregate_id, master_key_id, wrapped))
