@@ -376,7 +376,8 @@ class Keyring:
         key = await self._store.load_data_key(owner)
         if key is not None and not key.forgotten and self._master.shreds(key):
             master_key_id, wrapped = self._master.wrap(AESGCM.generate_key(bit_length=KEY_BYTES * 8), owner)
-            await self._store.rewrap_data_key(key, DataKey(owner, master_key_id, wrapped))  # lost: another's stands
+            # Lost (0 replaced): another replica's renewal stands.
+            await self._store.rewrap_data_keys([(key, DataKey(owner, master_key_id, wrapped))])
             self._cache.pop(owner, None)
         return await self.for_writing(owner)
 

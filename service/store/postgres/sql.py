@@ -43,7 +43,7 @@ import functools
 
 from service.store.encryption import CLAIMS_KEY_PREFIX, ERASED_FINGERPRINT, PROJECTION_KEY_PREFIX
 from service.store.master_keys import TENANT_OWNED_MARK
-from service.store.records import MAX_OTHER_SUBJECTS, PARKED_COMMAND_TYPE, PROCESS_STATE_TYPE, TOMBSTONE_EVENT_TYPE
+from service.store.records import MAX_OTHER_SUBJECTS, PARKED_COMMAND_TYPE, TOMBSTONE_EVENT_TYPE
 from service.store.sql_common import COMMAND_FIELDS, GROUP_FIELDS, PARKED_FIELDS
 
 # SQLSTATEs our own statements raise (chronicle.refuse, migration 0009).
