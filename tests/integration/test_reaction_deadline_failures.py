@@ -110,6 +110,12 @@ async def test_a_failing_deadline_is_parked_and_the_reaction_goes_on(
                 return await _types(client, "good-2") == ["BoxCreated", "BoxArchived"]
 
             await eventually(good_2_cancelled, what="a later process's deadline fired")
+
+            async def caught_up() -> bool:  # the deadline's own event (BoxArchived) read too
+                now = await client.reactions.get(PARKS)
+                return now.position == now.log_head
+
+            await eventually(caught_up, what="the reaction at the log's end")
             status = await client.reactions.get(PARKS)
             assert (status.error, status.position, status.deadlines) == ("", status.log_head, 0)
             assert status.last_error.startswith("REACTION_FAILED: reaction faulty.parks failed on deadline 'payment'")
@@ -217,6 +223,12 @@ async def test_a_deadlines_command_that_fails_for_a_plugin_bug_is_parked_and_the
                 return await _types(client, "good-2") == ["BoxCreated", "BoxArchived"]
 
             await eventually(good_2_cancelled, what="a later process's deadline fired")
+
+            async def caught_up() -> bool:  # the deadline's own event (BoxArchived) read too
+                now = await client.reactions.get(COMMANDS)
+                return now.position == now.log_head
+
+            await eventually(caught_up, what="the reaction at the log's end")
             status = await client.reactions.get(COMMANDS)
             assert (status.error, status.position, status.deadlines) == ("", status.log_head, 0)
             assert (status.parked, status.refused, status.accepted) == (1, 1, 2)

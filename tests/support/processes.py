@@ -217,6 +217,10 @@ def replica(
         server.close()
 
 
+# Starts of a server on a free port that another process took meanwhile.
+BIND_ATTEMPTS = 3
+
+
 @contextmanager
 def server_process(
     database_url: str,
@@ -227,20 +231,33 @@ def server_process(
     port: int | None = None,
 ) -> Iterator[ServerProcess]:
     """A server process on ``port`` (a free one if None: pass the same port
-    to restart a server where its clients expect it)."""
-    address = f"127.0.0.1:{port or free_port()}"
-    command = [sys.executable, "-m", "service", "serve", "--listen", address, "--database-url", database_url, *extra]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-    )
+    to restart a server where its clients expect it). A free port can be
+    taken by another process between ``free_port`` and the server's bind
+    (the suite runs in parallel): then it starts again on another."""
+    for attempt in range(BIND_ATTEMPTS):
+        address = f"127.0.0.1:{port or free_port()}"
+        command = [sys.executable, "-m", "service", "serve", "--listen", address, "--database-url", database_url]
+        process = subprocess.Popen(
+            [*command, *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+        try:
+            wait_until_serving(address, process=process)
+            break
+        except RuntimeError as failed:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+            if process.stdout:
+                process.stdout.close()
+            if port is not None or "BIND_FAILED" not in str(failed) or attempt == BIND_ATTEMPTS - 1:
+                raise
     server = ServerProcess(process, address)
     try:
-        wait_until_serving(address, process=process)
         yield server
     finally:
         if process.poll() is None:
