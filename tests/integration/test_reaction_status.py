@@ -108,7 +108,7 @@ async def test_a_reaction_says_where_it_runs_its_error_now_and_the_last_one_it_m
     assert (shown["runner"], shown["error"], shown["last_error"]) == (here, status.error, status.error)
     # It may have failed again between the two reads (it retries): the CLI's
     # time is that one's or a later one's.
-    assert shown["last_error_time"] >= status.last_error_time.ToJsonString()
+    assert str(shown["last_error_time"]) >= status.last_error_time.ToJsonString()
 
     FAILING.clear()
 
