@@ -42,6 +42,7 @@ from service.api.status import status_code
 from service.api.tracing import TracingInterceptor
 from service.api.transfers import Transfers
 from service.audit import AuditLog, AuditMiddleware, SampledRefusals
+from service.claim_scopes import refuse_scopes_switched
 from service.cluster.addresses import WILDCARD_HOSTS, advertised_address, with_port
 from service.cluster.leases import KeeperLease, LeaseGroup, LeaseKeeper
 from service.cluster.ownership import Ownership, partition_group
@@ -489,6 +490,7 @@ async def start(
         await _refuse_sealed_store(roles)
     elif keyring is not None:
         await _check_master_keys(roles, keyring)
+    await _refuse_claim_scopes_switched(roles, registry)
     # Reads (ReadAggregate, GetAggregate, Subscribe) from a hot standby,
     # wrapped like the primary's roles; commands, claims and projections
     # stay on the primary.
@@ -1004,6 +1006,24 @@ async def _check_master_keys(roles: Store, keyring: Keyring) -> None:
         await keyring.check()
     except StoreUnavailable:
         return
+    except ConfigurationError:
+        await roles.lifecycle.close()
+        raise
+
+
+async def _refuse_claim_scopes_switched(roles: Store, registry: Registry) -> None:
+    """Do not start with a claims scope declared per tenant that holds
+    claims taken while it was global (CLAIM_SCOPE_SWITCHED): they would be
+    checked no more. A store that does not answer yet is not checked (the
+    declaration is new in a deploy that starts against a live store)."""
+    if not registry.per_tenant_claim_scopes:
+        return
+    try:
+        await refuse_scopes_switched(roles.transfer, registry.per_tenant_claim_scopes)
+    except StoreUnavailable:
+        log.warning(
+            "the claims scopes declared per tenant were not checked for global claims: the store is unavailable"
+        )
     except ConfigurationError:
         await roles.lifecycle.close()
         raise

@@ -9,7 +9,8 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── InvalidInput            malformed request; names the offending fields
     ├── ValidationError         a plugin's rule refused the command
     │   ├── InvalidArgumentError    ...because of the command's input
-    │   │   └── EventTooLarge       ...whose events would be too large to send back
+    │   │   ├── EventTooLarge       ...whose events would be too large to send back
+    │   │   └── ClaimWithoutTenant  ...a claim in a per-tenant scope by an aggregate of no tenant
     │   ├── NotFoundError           ...because the aggregate does not exist
     │   ├── AlreadyExistsError      ...because it exists already
     │   └── NotUnique               ...because another aggregate holds a claimed value
@@ -240,9 +241,30 @@ class NotUnique(ValidationError):
     default_reason = "NOT_UNIQUE"
 
     def __init__(self, scope: str, value: str | None = None) -> None:
-        super().__init__(f"the value is already taken in {scope!r}", metadata={"scope": scope})
+        # ``scope`` as stored: a per-tenant scope's is the scope, "\x1e" and
+        # the tenant (service.claim_scopes); the client hears the scope its
+        # plugin named, and the tenant it is unique in.
+        declared, _, tenant = scope.partition("\x1e")
+        metadata = {"scope": declared} | ({"tenant": tenant} if tenant else {})
+        within = f" of tenant {tenant!r}" if tenant else ""
+        super().__init__(f"the value is already taken in {declared!r}{within}", metadata=metadata)
         self.scope = scope
         self.value = value  # for the executor to name the command; never sent
+
+
+class ClaimWithoutTenant(InvalidArgumentError):
+    """A claim in a scope its plugin declares per tenant, by an aggregate
+    whose id names no tenant (no ``tenant:`` prefix): the value would have
+    no tenant to be unique in."""
+
+    default_reason = "CLAIM_WITHOUT_TENANT"
+
+    def __init__(self, scope: str, aggregate_id: str) -> None:
+        super().__init__(
+            f"{scope!r} holds values unique per tenant, and aggregate {aggregate_id!r} names no tenant"
+            " (its id does not begin with a tenant and ':')",
+            metadata={"scope": scope, "aggregate_id": aggregate_id},
+        )
 
 
 class AggregateNotFound(ChronicleError):
@@ -480,7 +502,16 @@ class TenantShredded(AggregateForgotten):
 
     default_reason = "TENANT_SHREDDED"
 
-    def __init__(self, aggregate_id: str, tenant: str) -> None:
+    def __init__(self, aggregate_id: str, tenant: str, *, claims_scope: str = "") -> None:
+        if claims_scope:
+            # A value looked up in a scope unique per tenant (service.claim_scopes).
+            ChronicleError.__init__(
+                self,
+                f"the claims of tenant {tenant!r} in {claims_scope!r} cannot be read or taken: the master keys of"
+                " the tenant are destroyed (the tenant is shredded)",
+                metadata={"scope": claims_scope, "tenant": tenant},
+            )
+            return
         ChronicleError.__init__(
             self,
             f"aggregate {aggregate_id!r} cannot be written: the master keys of its tenant {tenant!r} are destroyed"
@@ -681,6 +712,22 @@ class HandlerFailed(ChronicleError):
 
 class ConfigurationError(ChronicleError):
     default_reason = "CONFIGURATION_ERROR"
+
+
+class ClaimScopeSwitched(ConfigurationError):
+    """A claims scope declared per tenant holds claims taken while it was
+    global: refused at start, not silently checked per tenant from then on
+    (docs/plugins.md, "Unique per tenant")."""
+
+    default_reason = "CLAIM_SCOPE_SWITCHED"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            f"claims scope {scope!r} is declared per tenant, but holds claims taken while it was global: they would"
+            " no longer be checked, so a value held could be claimed again. Declare it global again, or move its"
+            ' claims (docs/plugins.md, "Unique per tenant")',
+            metadata={"scope": scope},
+        )
 
 
 class MasterKeysUnfit(ConfigurationError):

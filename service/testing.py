@@ -58,6 +58,7 @@ from google.protobuf.message import Message
 
 from chronicle.v1 import reaction_service_pb2
 from service.api.codec import check_metadata, check_origin
+from service.claim_scopes import stored_scope, tenant_scope
 from service.errors import ChronicleError
 from service.plugins.api import Plugin
 from service.plugins.projections import Projection
@@ -166,12 +167,19 @@ class Scenario:
         return self
 
     def given_claim(self, scope: str, value: str, *, owner: str) -> Scenario:
-        """``value`` is held in ``scope`` by the aggregate ``owner``."""
-        self._claims.append((owner, ClaimChange(scope, value)))
+        """``value`` is held in ``scope`` by the aggregate ``owner`` (in its
+        tenant, for a scope declared per tenant)."""
+        stored = stored_scope(scope, owner, self.registry.per_tenant_claim_scopes)
+        self._claims.append((owner, ClaimChange(stored, value)))
         return self
 
-    def owner_of(self, scope: str, value: str) -> str | None:
-        """Who holds ``value`` in ``scope`` after the scenario ran (in process)."""
+    def owner_of(self, scope: str, value: str, *, tenant: str = "") -> str | None:
+        """Who holds ``value`` in ``scope`` after the scenario ran (in
+        process); ``tenant``: whose, for a scope declared per tenant."""
+        if scope in self.registry.per_tenant_claim_scopes:
+            if not tenant:
+                raise ScenarioFailed(f"owner_of: {scope!r} is per tenant: say whose (tenant=...)")
+            scope = tenant_scope(scope, tenant)
         return asyncio.run(self.store.claim_owner(scope, value))
 
     def given_commands(self, *commands: Message) -> Scenario:

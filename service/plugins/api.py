@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
 from google.protobuf.message import Message
 
 from service.errors import AlreadyExistsError, NotFoundError, PermissionDenied
-from service.plugins.context import CommandContext
+from service.plugins.context import MAX_SCOPE_BYTES, CommandContext
 from service.plugins.fingerprint import state_fingerprint
 from service.plugins.projections import DOCUMENT_CACHE_SIZE, OnFailure, ProjectedEvent, Projection
 from service.plugins.reactions import DEFAULT_MAX_HOPS, Reaction, StartFrom, by_correlation
@@ -357,6 +357,8 @@ class Plugin:
         self.middleware: list[Middleware] = []
         self.projections: list[Projection] = []
         self.reactions: list[Reaction[Any]] = []
+        # Claims scopes declared (``claims_scope``): name -> per tenant.
+        self.claim_scopes: dict[str, bool] = {}
 
     def aggregate(
         self,
@@ -388,6 +390,23 @@ class Plugin:
         )
         self.aggregates.append(aggregate)
         return aggregate
+
+    def claims_scope(self, name: str, *, per_tenant: bool = False) -> str:
+        """Declare a uniqueness-claims scope; returns ``name``, to claim with.
+
+        Scopes need no declaring to be global (a value held by one aggregate
+        of all). With ``per_tenant=True`` a value is unique within the tenant
+        of the claiming aggregate (its id's part before ``:``): two tenants
+        may both hold it, and a claim by an aggregate of no tenant is refused
+        (``CLAIM_WITHOUT_TENANT``). Under encryption at rest each tenant's
+        claimed values are hashed under a key its own master key wraps, so
+        shredding the tenant makes them untestable in backups too
+        (docs/plugins.md, "Unique per tenant")."""
+        _check_scope_name(name)
+        if self.claim_scopes.get(name, per_tenant) != per_tenant:
+            raise ValueError(f"{self.name}: claims scope {name!r} is declared twice, per tenant and not")
+        self.claim_scopes[name] = per_tenant
+        return name
 
     def projection(
         self,
@@ -596,3 +615,9 @@ def _snake(name: str) -> str:
             out.append("_")
         out.append(char.upper())
     return "".join(out)
+
+
+def _check_scope_name(name: str) -> None:
+    # As context.claim checks it (a bad one is the plugin's bug), at load.
+    if not isinstance(name, str) or not name or len(name.encode()) > MAX_SCOPE_BYTES or not name.isprintable():
+        raise ValueError(f"a claim scope is 1 to {MAX_SCOPE_BYTES} bytes of printable text, got {name!r}")

@@ -34,8 +34,12 @@ class Registry:
         self._upcasters: dict[str, UpcasterSpec] = {}
         self._projections: dict[str, Projection] = {}
         self._reactions: dict[str, Reaction[Any]] = {}
+        # Claims scope -> (per tenant, the plugin that declared it first).
+        self._claim_scopes: dict[str, tuple[bool, str]] = {}
         for plugin in plugins:
             self._add(plugin)
+        # The claims scopes declared per tenant (service.claim_scopes).
+        self.per_tenant_claim_scopes = frozenset(s for s, (per_tenant, _) in self._claim_scopes.items() if per_tenant)
         self._check_commands_are_not_events()
         self._check_upcasters()
         self._check_upcaster_chains()
@@ -85,7 +89,25 @@ class Registry:
                     metadata={"name": reaction.name, "plugins": f"{holder.plugin_name},{plugin.name}"},
                 )
             self._reactions[reaction.name] = reaction
+        for scope, per_tenant in plugin.claim_scopes.items():
+            self._add_claim_scope(scope, per_tenant, plugin)
         self.plugins.append(plugin)
+
+    def _add_claim_scope(self, scope: str, per_tenant: bool, plugin: Plugin) -> None:
+        """Plugins may share a scope (one user id, two kinds of owner), but
+        not disagree on whether it is per tenant: one would check values
+        where the other never stored them."""
+        declared = self._claim_scopes.get(scope)
+        if declared is not None and declared[0] != per_tenant:
+            tenant_plugin, global_plugin = (declared[1], plugin.name) if declared[0] else (plugin.name, declared[1])
+            raise ConfigurationError(
+                f"claims scope {scope!r} is declared per tenant by plugin {tenant_plugin!r} and global by plugin"
+                f" {global_plugin!r}: a scope is one or the other",
+                reason="DUPLICATE_REGISTRATION",
+                metadata={"name": scope, "plugins": f"{declared[1]},{plugin.name}"},
+            )
+        if declared is None:
+            self._claim_scopes[scope] = (per_tenant, plugin.name)
 
     @staticmethod
     def _claim(

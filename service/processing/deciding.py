@@ -19,6 +19,7 @@ from types import MappingProxyType
 
 from google.protobuf.message import Message
 
+from service.claim_scopes import stored_claims
 from service.errors import ChronicleError, EventTooLarge, HandlerFailed, WrongExpectedVersion
 from service.plugins.api import EventSpec
 from service.plugins.context import Clock, CommandContext, Effects, LookupNeeded
@@ -190,7 +191,15 @@ class Decider:
         produced = self._call(request, state, context)
         if effects.unanswered is not None:
             raise effects.unanswered  # the handler caught its lookup: it decided without the answer
-        claims = tuple(ClaimChange(c.scope, c.value, c.release) for c in effects.claims) if effects.claims else ()
+        claims = (
+            stored_claims(
+                [ClaimChange(c.scope, c.value, c.release) for c in effects.claims],
+                request.aggregate_id,
+                self._registry.per_tenant_claim_scopes,
+            )
+            if effects.claims
+            else ()
+        )
         return self._events_of(request.spec.name, aggregate, produced), claims
 
     def _call(

@@ -42,7 +42,8 @@ from dataclasses import replace
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from service.errors import AggregateForgotten, NotAvailableHere, NotEncrypted, NotUnique
+from service.claim_scopes import declared_scope, scope_tenant
+from service.errors import AggregateForgotten, NotAvailableHere, NotEncrypted, NotUnique, TenantShredded
 from service.store.base import (
     AggregateQuery,
     AuditQuery,
@@ -254,8 +255,22 @@ class ClaimHider:
 
     async def hidden(self, scope: str, value: str) -> str:
         await self._hide_claims_in_clear()
-        cipher = await self._keyring.for_writing(claims_key_id(scope))
-        return hidden_claim_value(cipher, scope, value)
+        return hidden_claim_value(await self._cipher(scope), scope, value)
+
+    async def _cipher(self, scope: str) -> AESGCM:
+        """The key of ``scope`` as stored. A per-tenant scope's is of (scope,
+        tenant), wrapped by the tenant's master key (service.claim_scopes):
+        a shredded tenant's claims answer as its aggregates do
+        (TENANT_SHREDDED); one whose key an old master key of the tenant,
+        destroyed since, wrapped is made again, as a read model's documents
+        of the tenant are (the values hashed under the old one are tested
+        no more: their aggregates were shredded with it)."""
+        tenant = scope_tenant(scope)
+        if not tenant:
+            return await self._keyring.for_writing(claims_key_id(scope))
+        if self._keyring.tenant_shredded(tenant):
+            raise TenantShredded("", tenant, claims_scope=declared_scope(scope))
+        return await self._keyring.renew_shredded(claims_key_id(scope))
 
     async def _hide_claims_in_clear(self) -> None:
         if self._no_claims_in_clear:
@@ -265,7 +280,7 @@ class ClaimHider:
             while not self._no_claims_in_clear:
                 held = await self._claims.claims_in_clear(HIDE_BATCH)
                 for claim in held:
-                    cipher = await self._keyring.for_writing(claims_key_id(claim.scope))
+                    cipher = await self._cipher(claim.scope)
                     hidden += await self._claims.hide_claim(claim, hidden_claim_value(cipher, claim.scope, claim.value))
                 self._no_claims_in_clear = not held
             if hidden:

@@ -44,6 +44,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from service.claim_scopes import stored_scope
 from service.errors import ChronicleError, InvalidInput
 from service.plugins.api import AggregateType
 from service.plugins.context import MAX_SCOPE_BYTES, MAX_VALUE_BYTES
@@ -119,14 +120,20 @@ class ClaimsToDerive:
                 log.warning("the claims of imported aggregate %r cannot be derived: %s", aggregate_id, error)
                 not_derived += aggregate_id not in self._with_claim_records
                 continue
-            declared.append(Declared(aggregate_id, _held(aggregate_id, aggregate_type, state), version))
+            assert self._registry is not None  # only aggregates of its types are declaring
+            per_tenant = self._registry.per_tenant_claim_scopes
+            declared.append(Declared(aggregate_id, _held(aggregate_id, aggregate_type, state, per_tenant), version))
         return Derived(declared, not_derived)
 
 
-def _held(aggregate_id: str, aggregate_type: AggregateType[Any], state: Message) -> list[HeldClaim]:
+def _held(
+    aggregate_id: str, aggregate_type: AggregateType[Any], state: Message, per_tenant: frozenset[str]
+) -> list[HeldClaim]:
     """The declared claims of ``state``, each one a handler could have taken
     (context.py's rules): a value no command could claim is refused
-    (INVALID_CLAIM_VALUE), naming the aggregate and scope."""
+    (INVALID_CLAIM_VALUE), naming the aggregate and scope. A claim in a
+    scope declared per tenant is the aggregate's tenant's (as stored:
+    service.claim_scopes); by an aggregate of no tenant, CLAIM_WITHOUT_TENANT."""
     assert aggregate_type.held_claims is not None
     held: list[HeldClaim] = []
     for scope, value in aggregate_type.held_claims(state):
@@ -141,5 +148,7 @@ def _held(aggregate_id: str, aggregate_type: AggregateType[Any], state: Message)
                 reason="INVALID_CLAIM_VALUE",
                 metadata={"aggregate_id": aggregate_id, "scope": str(scope)[:MAX_SCOPE_BYTES]},
             )
-        held.append(HeldClaim(scope=scope, value=value, aggregate_id=aggregate_id))
+        held.append(
+            HeldClaim(scope=stored_scope(scope, aggregate_id, per_tenant), value=value, aggregate_id=aggregate_id)
+        )
     return held
