@@ -1,0 +1,136 @@
+"""Claims scopes unique per tenant over every store (docs/plugins.md,
+"Unique per tenant"; docs/security.md, "Per-tenant keys"). The executor
+stores a tenant's claims under ``claim_scopes.tenant_scope(scope, tenant)``;
+here: the store's unique key then decides per tenant, with encryption at
+rest each tenant's values are hashed under a key of (scope, tenant) that
+its own master key wraps, so destroying that key leaves its claims
+untestable (the shared key opens no key that hashed them) and answers for
+them as for its aggregates (TENANT_SHREDDED), and other tenants' claims
+work on."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.claim_scopes import refuse_scopes_switched, tenant_scope
+from service.errors import AggregateForgotten, ClaimScopeSwitched, NotUnique, TenantShredded
+from service.store.base import Store, StoreAdapter
+from service.store.encryption import AESGCM, Keyring, MasterKeys, claims_key_id, hidden_claim_value, new_master_key
+from service.store.master_keys import TENANT_OWNED_MARK
+from service.store.records import ClaimChange, HeldClaim
+from service.store_contract.records import new_event
+from service.store_contract.test_encrypted import Encrypted, sealed_over
+
+pytestmark = pytest.mark.asyncio
+
+SHARED = f"k1:{new_master_key()}"
+ACME = f"acme:2026-01:{new_master_key()}"
+GLOBEX = f"globex:2026-01:{new_master_key()}"
+ACME_DESTROYED = "acme:2026-01:destroyed"
+EMAIL = "members.email"  # per tenant
+ANN = "ann@x.example"
+
+
+def encrypting(store: StoreAdapter, *entries: str) -> Encrypted:
+    return sealed_over(store, Keyring(store, MasterKeys.parse(",".join(entries), source="test")))
+
+
+def claim(tenant: str, value: str = ANN) -> ClaimChange:
+    return ClaimChange(tenant_scope(EMAIL, tenant), value)
+
+
+async def stored_claims(store: StoreAdapter) -> list[HeldClaim]:
+    return await Store.of(store).transfer.claims_page(("", ""), 100)
+
+
+async def test_the_mark_is_the_one_master_keys_read_the_tenant_after() -> None:
+    assert tenant_scope(EMAIL, "acme") == EMAIL + TENANT_OWNED_MARK + "acme"
+
+
+@pytest.mark.parametrize("at_rest", ["clear", "hidden"])
+async def test_two_tenants_hold_one_value_and_one_tenant_holds_it_once(store: StoreAdapter, at_rest: str) -> None:
+    roles = Store.of(store) if at_rest == "clear" else encrypting(store, SHARED, ACME, GLOBEX).roles
+    await roles.events.append("acme:m-1", [new_event()], 0, claims=[claim("acme")])
+    await roles.events.append("globex:m-1", [new_event()], 0, claims=[claim("globex")])
+    with pytest.raises(NotUnique) as taken:
+        await roles.events.append("acme:m-2", [new_event()], 0, claims=[claim("acme")])
+    assert taken.value.metadata == {"scope": EMAIL, "tenant": "acme"}  # the scope as declared, not as stored
+    assert "'members.email' of tenant 'acme'" in taken.value.message
+    assert await roles.events.read_aggregate("acme:m-2") == []
+    assert await roles.claims.claim_owner(tenant_scope(EMAIL, "acme"), ANN) == "acme:m-1"
+    assert await roles.claims.claim_owner(tenant_scope(EMAIL, "globex"), ANN) == "globex:m-1"
+    assert await roles.claims.claim_owner(tenant_scope(EMAIL, "initech"), ANN) is None
+    assert await roles.claims.claim_owner(EMAIL, ANN) is None  # the global scope of that name holds nothing
+    await roles.events.append("acme:m-1", [new_event()], 1, claims=[ClaimChange(claim("acme").scope, ANN, True)])
+    await roles.events.append("acme:m-2", [new_event()], 0, claims=[claim("acme")])  # released: free in acme
+    assert await roles.claims.claim_owner(tenant_scope(EMAIL, "acme"), ANN) == "acme:m-2"
+
+
+async def test_a_tenants_claims_are_hashed_under_a_key_its_master_key_wraps(store: StoreAdapter) -> None:
+    sealed = encrypting(store, SHARED, ACME, GLOBEX)
+    await sealed.roles.events.append("acme:m-1", [new_event()], 0, claims=[claim("acme")])
+    await sealed.roles.events.append("globex:m-1", [new_event()], 0, claims=[claim("globex")])
+    await sealed.roles.events.append("u-1", [new_event()], 0, claims=[ClaimChange("users.email", ANN)])
+    wrapped_by = {
+        key_id: (await store.load_data_key(key_id)).master_key_id  # type: ignore[union-attr]
+        for key_id in (claims_key_id(tenant_scope(EMAIL, "acme")), claims_key_id(tenant_scope(EMAIL, "globex")))
+    }
+    assert wrapped_by == {
+        claims_key_id(tenant_scope(EMAIL, "acme")): "acme:2026-01",
+        claims_key_id(tenant_scope(EMAIL, "globex")): "globex:2026-01",
+    }
+    assert (await store.load_data_key(claims_key_id("users.email"))).master_key_id == "k1"  # type: ignore[union-attr]
+    assert await store.load_data_key(claims_key_id(EMAIL)) is None  # no key of the scope alone
+    rows = await stored_claims(store)
+    assert ANN not in {row.value for row in rows}
+    assert {row.scope for row in rows} == {tenant_scope(EMAIL, "acme"), tenant_scope(EMAIL, "globex"), "users.email"}
+
+
+async def test_a_shredded_tenants_claims_are_untestable_and_answer_as_forgotten(store: StoreAdapter) -> None:
+    sealed = encrypting(store, SHARED, ACME, GLOBEX)
+    await sealed.roles.events.append("acme:m-1", [new_event()], 0, claims=[claim("acme")])
+    await sealed.roles.events.append("globex:m-1", [new_event()], 0, claims=[claim("globex")])
+    await sealed.roles.events.append("u-1", [new_event()], 0, claims=[ClaimChange("users.email", ANN)])  # global
+    acme_row = next(row for row in await stored_claims(store) if row.scope == tenant_scope(EMAIL, "acme"))
+
+    # What the shared key opens (every data key it wraps) tests no guess of acme's value.
+    shared_only = MasterKeys.parse(SHARED, source="attacker")
+    opened = [
+        AESGCM(shared_only.unwrap(key))
+        for key in await store.data_keys_to_rewrap("", 100)
+        if key.master_key_id == shared_only.active
+    ]
+    assert len(opened) == 2  # u-1's key and the global scope's: what the shared key wraps
+    guesses = {hidden_claim_value(c, s, ANN) for c in opened for s in (EMAIL, acme_row.scope, "users.email")}
+    assert acme_row.value not in guesses
+    # The same guess does find the global scope's row: the attack is real, the tenant's key is what stops it.
+    assert next(row for row in await stored_claims(store) if row.scope == "users.email").value in guesses
+    # acme's own key, while it lives, does: the hash is of the value under the tenant's scope key.
+    acme_key = await store.load_data_key(claims_key_id(acme_row.scope))
+    assert acme_key is not None
+    acme_cipher = AESGCM(MasterKeys.parse(f"{SHARED},{ACME}", source="test").unwrap(acme_key))
+    assert hidden_claim_value(acme_cipher, acme_row.scope, ANN) == acme_row.value
+
+    shredded = encrypting(store, SHARED, ACME_DESTROYED, GLOBEX)
+    with pytest.raises(TenantShredded) as forgotten:
+        await shredded.roles.claims.claim_owner(acme_row.scope, ANN)
+    assert (forgotten.value.reason, forgotten.value.metadata) == ("TENANT_SHREDDED", {"scope": EMAIL, "tenant": "acme"})
+    with pytest.raises(AggregateForgotten):
+        await shredded.roles.events.append("acme:m-2", [new_event()], 0, claims=[claim("acme")])
+    # globex's claims work on.
+    assert await shredded.roles.claims.claim_owner(tenant_scope(EMAIL, "globex"), ANN) == "globex:m-1"
+    with pytest.raises(NotUnique):
+        await shredded.roles.events.append("globex:m-2", [new_event()], 0, claims=[claim("globex")])
+    await shredded.roles.events.append("globex:m-2", [new_event()], 0, claims=[claim("globex", "bob@x.example")])
+    assert await shredded.roles.claims.claim_owner(tenant_scope(EMAIL, "globex"), "bob@x.example") == "globex:m-2"
+
+
+async def test_a_scope_declared_per_tenant_over_global_claims_is_refused(store: StoreAdapter) -> None:
+    transfer = Store.of(store).transfer
+    await store.append("acme:m-1", [new_event()], 0, claims=[claim("acme")])
+    await store.append("u-1", [new_event()], 0, claims=[ClaimChange(EMAIL + ".old", ANN)])
+    await refuse_scopes_switched(transfer, frozenset({EMAIL}))  # tenants' claims, and another scope's: fine
+    await store.append("acme:m-2", [new_event()], 0, claims=[ClaimChange(EMAIL, "old@x.example")])
+    with pytest.raises(ClaimScopeSwitched) as switched:
+        await refuse_scopes_switched(transfer, frozenset({EMAIL}))
+    assert (switched.value.reason, switched.value.metadata) == ("CLAIM_SCOPE_SWITCHED", {"scope": EMAIL})
