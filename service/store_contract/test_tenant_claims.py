@@ -11,11 +11,12 @@ work on."""
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from service.claim_scopes import refuse_scopes_switched, tenant_scope
 from service.errors import AggregateForgotten, ClaimScopeSwitched, NotUnique, TenantShredded
 from service.store.base import Store, StoreAdapter
-from service.store.encryption import AESGCM, Keyring, MasterKeys, claims_key_id, hidden_claim_value, new_master_key
+from service.store.encryption import Keyring, MasterKeys, claims_key_id, hidden_claim_value, new_master_key
 from service.store.master_keys import TENANT_OWNED_MARK
 from service.store.records import ClaimChange, HeldClaim
 from service.store_contract.records import new_event
