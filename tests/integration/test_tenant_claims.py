@@ -66,7 +66,7 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
 @asynccontextmanager
 async def server(store: StoreAdapter, keys_file: str | None, *, per_tenant: bool = True) -> AsyncIterator[Client]:
     registry = Registry([members(per_tenant=per_tenant)])
-    keys = {"master_key_file": keys_file} if keys_file else {}
+    keys: dict[str, object] = {"master_key_file": keys_file} if keys_file else {}
     async with running_server(store, registry=registry, anonymous_admin=True, **keys) as (_, client):
         yield client
 
