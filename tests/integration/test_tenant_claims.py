@@ -66,8 +66,8 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
 @asynccontextmanager
 async def server(store: StoreAdapter, keys_file: str | None, *, per_tenant: bool = True) -> AsyncIterator[Client]:
     registry = Registry([members(per_tenant=per_tenant)])
-    keys: dict[str, object] = {"master_key_file": keys_file} if keys_file else {}
-    async with running_server(store, registry=registry, anonymous_admin=True, **keys) as (_, client):
+    served = running_server(store, registry=registry, anonymous_admin=True, master_key_file=keys_file or "")
+    async with served as (_, client):
         yield client
 
 
