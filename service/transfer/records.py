@@ -299,10 +299,20 @@ def _schema_version(where: str, value: int) -> int:
 
 def stored_claim(exported: export_pb2.ExportedClaim, where: str) -> HeldClaim:
     return HeldClaim(
-        scope=_id(f"{where}.scope", exported.scope),
+        scope=_claim_scope(f"{where}.scope", exported.scope),
         value=_free(f"{where}.value", _text(f"{where}.value", exported.value)),
         aggregate_id=_id(f"{where}.aggregate_id", exported.aggregate_id),
     )
+
+
+def _claim_scope(where: str, scope: str) -> str:
+    """A scope as stored: a plugin's, or a tenant's of a scope unique per
+    tenant (the scope, the mark, the tenant: service.claim_scopes)."""
+    declared, mark, tenant = scope.partition(TENANT_OWNED_MARK)
+    _id(where, declared)
+    if mark and (problem := tenant_problem(tenant)):
+        raise _bad(where, f"names a tenant that {problem}")
+    return scope
 
 
 def stored_command(exported: export_pb2.ExportedCommand, where: str) -> CommandRecord:
@@ -349,8 +359,9 @@ def stored_data_key(exported: export_pb2.ExportedDataKey, where: str) -> DataKey
     # id can take: a control character, then what they are for.
     internal = aggregate_id.startswith((CLAIMS_KEY_PREFIX, PROJECTION_KEY_PREFIX))
     named = aggregate_id.partition(":")[2] if internal else aggregate_id
-    if aggregate_id.startswith(PROJECTION_KEY_PREFIX) and TENANT_OWNED_MARK in named:
-        # A tenant's key of a read model: the read model, the mark, the tenant.
+    if internal and TENANT_OWNED_MARK in named:
+        # A tenant's key of a read model or of a claims scope unique per
+        # tenant: the read model or scope, the mark, the tenant.
         named, _, tenant = named.partition(TENANT_OWNED_MARK)
         if problem := tenant_problem(tenant):
             raise _bad(f"{where}.aggregate_id", f"names a tenant that {problem}")

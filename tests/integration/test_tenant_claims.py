@@ -26,10 +26,12 @@ from service.plugins import CommandContext, Plugin
 from service.plugins.registry import Registry
 from service.store.base import Store, StoreAdapter
 from service.store.encryption import MasterKeys, hidden_claim_value, new_master_key
+from service.store.memory import MemoryStore
 from service.store.sqlite import SqliteStore
 from tests.support.backups import Site, backup_site
 from tests.support.grpc_client import Client, command, details_of, running_server
 from tests.support.security import write
+from tests.support.transfer import exported, imported
 
 SHARED = f"k1:{new_master_key()}"
 ACME = f"acme:2026-01:{new_master_key()}"
@@ -142,3 +144,22 @@ async def test_a_scope_declared_per_tenant_over_its_global_claims_does_not_start
     assert (switched.value.reason, switched.value.metadata) == ("CLAIM_SCOPE_SWITCHED", {"scope": EMAIL})
     async with server(SqliteStore(path), None, per_tenant=False) as client:  # declared as it was: starts
         assert (await refused(client, "acme:m-2"))[1] == "NOT_UNIQUE"
+
+
+async def test_an_export_of_tenants_claims_imports_and_they_hold(tmp_path: Path) -> None:
+    """The stored scope and the tenant's key of it hold the mark before the
+    tenant (a control character): an import takes both as they are."""
+    keys = write(tmp_path / "master.keys", f"{SHARED}\n{ACME}\n{GLOBEX}\n")
+    async with server(MemoryStore(), keys) as client:
+        await register(client, "acme:m-1")
+        await register(client, "globex:m-1")
+        records = await exported(client)
+    assert {r.claim.scope for r in records if r.HasField("claim")} == {
+        tenant_scope(EMAIL, "acme"),
+        tenant_scope(EMAIL, "globex"),
+    }
+    async with server(MemoryStore(), keys) as client:
+        await imported(client, records)
+        assert (await refused(client, "acme:m-2"))[1] == "NOT_UNIQUE"
+        assert (await refused(client, "globex:m-2"))[1] == "NOT_UNIQUE"
+        await register(client, "initech:m-1")  # another tenant: free
