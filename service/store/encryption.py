@@ -554,7 +554,9 @@ def hidden_tenant_document_key(cipher: AESGCM, projection: str, key: str) -> str
 # Uniqueness claims (an e-mail address in ``users.email``) are stored as
 # keyed hashes under one data key per scope, kept beside the others under an
 # id no aggregate can have. Per scope, like projections: one scope's secret
-# says nothing about another's values.
+# says nothing about another's values. A scope declared per tenant is stored
+# as one scope per tenant (service.claim_scopes), so each tenant's values
+# get a key of their own, which the tenant's master key wraps.
 CLAIMS_KEY_PREFIX = "\x1fclaims:"
 
 

@@ -51,11 +51,12 @@ DESTROYED = "destroyed"
 
 
 # A data key of a tenant's share of something that is no aggregate (a
-# ``tenant_keyed`` read model's documents of one tenant) is kept under an
+# ``tenant_keyed`` read model's documents of one tenant, a tenant's claims
+# in a scope declared per tenant: service.claim_scopes) is kept under an
 # internal id (one starting with a control character, as every key that is
 # no aggregate's) that ends with this mark and the tenant. Neither a read
-# model's name nor a tenant id can hold it (names are letters, digits, '_'
-# and '.'; tenant ids printable).
+# model's name, a claims scope nor a tenant id can hold it (names are
+# letters, digits, '_' and '.'; scopes and tenant ids printable).
 TENANT_OWNED_MARK = "\x1e"
 
 

@@ -104,3 +104,14 @@ def test_a_tenants_key_of_a_scope_is_said_as_whose_it_is() -> None:
     assert key_owner(key_id) == whose
     assert humanized(f"the data key of {key_id!r} is wrapped") == f"the data key of {whose} is wrapped"
     assert humanized(f"the data key of {key_id}, wrapped") == f"the data key of {whose}, wrapped"
+
+
+def test_claims_derived_on_import_are_the_tenants_in_a_per_tenant_scope() -> None:
+    from service.transfer.claims import _held
+
+    member = members().aggregates[0]
+    member.claims(lambda state: [(EMAIL, state.email), ("users.email", state.email)])
+    held = _held("acme:m-1", member, pb.User(email="ann@x"), frozenset({EMAIL}))
+    assert [(c.scope, c.value) for c in held] == [(tenant_scope(EMAIL, "acme"), "ann@x"), ("users.email", "ann@x")]
+    with pytest.raises(ClaimWithoutTenant):
+        _held("m-1", member, pb.User(email="ann@x"), frozenset({EMAIL}))
