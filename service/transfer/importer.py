@@ -44,7 +44,8 @@ Each record is checked alone as it comes (records.py: BAD_RECORD; an event
 no larger than the server's --max-event-bytes: event_size.py), and,
 with a ``registry``, an event must be one its plugins can read
 (readable.py), and a snapshot of a loaded aggregate type at its current
-state type and schema must parse as that state (BAD_RECORD). What a record
+state type and schema must parse as that state, and a claim must not be
+global in a scope its plugins declare per tenant (BAD_RECORD). What a record
 must fit in the store (versions, event ids, an aggregate's type, a
 snapshot's version) the store checks as it writes the batch, refusing the
 batch whole (ImportConflict); the refusal then names the record. Two events
@@ -288,6 +289,8 @@ class Importer:
             stored = marked_imported(stored)
         elif isinstance(stored, Snapshot):
             self._check_state(stored, f"{where}.snapshot")
+        elif isinstance(stored, HeldClaim) and self._registry is not None:
+            _check_claim_scope(self._registry, stored, f"{where}.claim.scope")
         self._sealing.check(stored, index)
         self._to_derive.saw(stored)
         self._received[kind] += 1
@@ -858,6 +861,20 @@ class Importer:
         self.summary.aggregates_replaced += 1
         if self._on_replaced is not None:
             self._on_replaced(aggregate_id)
+
+
+def _check_claim_scope(registry: Registry, claim: HeldClaim, where: str) -> None:
+    """A claim given global in a scope the plugins declare per tenant (a
+    conversion's mapping, an export of before the declaration) would be
+    checked by no one: refused (BAD_RECORD) as it comes, as any bad record
+    (what earlier batches wrote stays)."""
+    if claim.scope in registry.per_tenant_claim_scopes:
+        raise InvalidInput.for_field(
+            where,
+            f"{claim.scope!r} is declared per tenant, and this claim of {claim.aggregate_id!r} is global: leave"
+            " it out and let the plugin's claims declaration derive it, in the aggregate's tenant",
+            reason=BAD_RECORD,
+        )
 
 
 def _claim_order(claim: HeldClaim) -> tuple[str, str]:

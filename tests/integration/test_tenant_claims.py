@@ -163,3 +163,18 @@ async def test_an_export_of_tenants_claims_imports_and_they_hold(tmp_path: Path)
         assert (await refused(client, "acme:m-2"))[1] == "NOT_UNIQUE"
         assert (await refused(client, "globex:m-2"))[1] == "NOT_UNIQUE"
         await register(client, "initech:m-1")  # another tenant: free
+
+
+async def test_global_claims_imported_into_a_per_tenant_scope_are_refused(tmp_path: Path) -> None:
+    """An export of before the declaration (or a conversion's mapping)
+    gives them global: no one would check them, so the import refuses the
+    record."""
+    async with server(MemoryStore(), None, per_tenant=False) as client:
+        await register(client, "acme:m-1")
+        records = await exported(client)
+    async with server(MemoryStore(), None) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await imported(client, records)
+        details = details_of(raised.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_RECORD")
+        assert "'members.email' is declared per tenant" in (raised.value.details() or "")
