@@ -135,3 +135,16 @@ async def test_a_scope_declared_per_tenant_over_global_claims_is_refused(store: 
     with pytest.raises(ClaimScopeSwitched) as switched:
         await refuse_scopes_switched(transfer, frozenset({EMAIL}))
     assert (switched.value.reason, switched.value.metadata) == ("CLAIM_SCOPE_SWITCHED", {"scope": EMAIL})
+
+
+async def test_rewrap_moves_a_tenants_key_of_a_scope_onto_the_tenants_master_key(store: StoreAdapter) -> None:
+    before = encrypting(store, SHARED)  # acme has no key yet: the shared one wraps its key of the scope
+    await before.roles.events.append("acme:m-1", [new_event()], 0, claims=[claim("acme")])
+    key_id = claims_key_id(tenant_scope(EMAIL, "acme"))
+    assert (await store.load_data_key(key_id)).master_key_id == "k1"  # type: ignore[union-attr]
+    given = encrypting(store, SHARED, ACME)
+    assert await given.keyring.rewrap() == 2  # the aggregate's key and its tenant's key of the scope
+    assert (await store.load_data_key(key_id)).master_key_id == "acme:2026-01"  # type: ignore[union-attr]
+    assert await given.roles.claims.claim_owner(tenant_scope(EMAIL, "acme"), ANN) == "acme:m-1"
+    with pytest.raises(TenantShredded):
+        await encrypting(store, SHARED, ACME_DESTROYED).roles.claims.claim_owner(tenant_scope(EMAIL, "acme"), ANN)
