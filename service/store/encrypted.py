@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -77,6 +78,7 @@ from service.store.encryption import (
 )
 from service.store.leasing import Fencing
 from service.store.records import (
+    HIDDEN_CLAIM_MARK,
     AggregateHead,
     AggregateSummary,
     AuditEntry,
@@ -280,11 +282,21 @@ class ClaimHider:
             while not self._no_claims_in_clear:
                 held = await self._claims.claims_in_clear(HIDE_BATCH)
                 for claim in held:
-                    cipher = await self._cipher(claim.scope)
-                    hidden += await self._claims.hide_claim(claim, hidden_claim_value(cipher, claim.scope, claim.value))
+                    hidden += await self._claims.hide_claim(claim, await self._hidden_in_place_of(claim))
                 self._no_claims_in_clear = not held
             if hidden:
                 log.info("%d uniqueness claims taken before encryption was on are now stored hidden", hidden)
+
+
+    async def _hidden_in_place_of(self, claim: HeldClaim) -> str:
+        tenant = scope_tenant(claim.scope)
+        if tenant and self._keyring.tenant_shredded(tenant):
+            # Taken in the clear by a tenant shredded since: no key will hash
+            # it, and left in the clear it would stop every claim from being
+            # hidden (and so checked). Stored as a value nothing hashes to:
+            # untestable, still its holder's until forgotten or deleted.
+            return HIDDEN_CLAIM_MARK + secrets.token_hex(32)
+        return hidden_claim_value(await self._cipher(claim.scope), claim.scope, claim.value)
 
 
 class SealedEvents:

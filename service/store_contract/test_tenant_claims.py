@@ -148,3 +148,19 @@ async def test_rewrap_moves_a_tenants_key_of_a_scope_onto_the_tenants_master_key
     assert await given.roles.claims.claim_owner(tenant_scope(EMAIL, "acme"), ANN) == "acme:m-1"
     with pytest.raises(TenantShredded):
         await encrypting(store, SHARED, ACME_DESTROYED).roles.claims.claim_owner(tenant_scope(EMAIL, "acme"), ANN)
+
+
+async def test_a_shredded_tenants_claims_taken_in_the_clear_are_hidden_under_nothing(store: StoreAdapter) -> None:
+    """Taken before encryption was on, by a tenant shredded since: no key
+    hashes them, and left in the clear they would stop every claim from
+    being hidden; stored as a value nothing hashes to, other tenants' claims
+    work on."""
+    await store.append("acme:m-1", [new_event()], 0, claims=[claim("acme")])
+    await store.append("globex:m-1", [new_event()], 0, claims=[claim("globex")])
+    shredded = encrypting(store, SHARED, ACME_DESTROYED, GLOBEX)
+    assert await shredded.roles.claims.claim_owner(tenant_scope(EMAIL, "globex"), ANN) == "globex:m-1"
+    rows = {row.scope: row for row in await stored_claims(store)}
+    assert ANN not in {row.value for row in rows.values()}
+    assert rows[tenant_scope(EMAIL, "acme")].aggregate_id == "acme:m-1"  # still held, by its holder
+    with pytest.raises(NotUnique):
+        await shredded.roles.events.append("globex:m-2", [new_event()], 0, claims=[claim("globex")])
