@@ -287,7 +287,6 @@ class ClaimHider:
             if hidden:
                 log.info("%d uniqueness claims taken before encryption was on are now stored hidden", hidden)
 
-
     async def _hidden_in_place_of(self, claim: HeldClaim) -> str:
         tenant = scope_tenant(claim.scope)
         if tenant and self._keyring.tenant_shredded(tenant):

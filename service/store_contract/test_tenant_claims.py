@@ -164,3 +164,19 @@ async def test_a_shredded_tenants_claims_taken_in_the_clear_are_hidden_under_not
     assert rows[tenant_scope(EMAIL, "acme")].aggregate_id == "acme:m-1"  # still held, by its holder
     with pytest.raises(NotUnique):
         await shredded.roles.events.append("globex:m-2", [new_event()], 0, claims=[claim("globex")])
+
+
+async def test_a_tenants_key_of_a_scope_under_its_destroyed_old_key_is_made_again(store: StoreAdapter) -> None:
+    """acme rotated to a new key and destroyed the old one before
+    rewrap-keys moved its key of the scope: its next claim there makes a
+    new key under the new master key, as a read model's documents do; what
+    the old key hashed is checked no more (its aggregates went with it)."""
+    await encrypting(store, SHARED, ACME).roles.events.append("acme:m-1", [new_event()], 0, claims=[claim("acme")])
+    acme_next = f"acme:2026-02:{new_master_key()}"
+    rotated = encrypting(store, SHARED, acme_next, ACME_DESTROYED)
+    await rotated.roles.events.append("acme:m-2", [new_event()], 0, claims=[claim("acme", "bob@x.example")])
+    key = await store.load_data_key(claims_key_id(tenant_scope(EMAIL, "acme")))
+    assert key is not None and key.master_key_id == "acme:2026-02"
+    assert await rotated.roles.claims.claim_owner(tenant_scope(EMAIL, "acme"), "bob@x.example") == "acme:m-2"
+    with pytest.raises(NotUnique):
+        await rotated.roles.events.append("acme:m-3", [new_event()], 0, claims=[claim("acme", "bob@x.example")])
