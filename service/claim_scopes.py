@@ -26,27 +26,21 @@ from typing import TYPE_CHECKING
 
 from service.errors import ClaimScopeSwitched, ClaimWithoutTenant
 from service.principal import tenant_of_id
+from service.store.claim_scope_names import TENANT_SCOPE_MARK, declared_scope, scope_tenant, tenant_scope
 from service.store.records import ClaimChange
 
 if TYPE_CHECKING:
     from service.store.base import Transfer
 
-TENANT_SCOPE_MARK = "\x1e"
-
-
-def tenant_scope(scope: str, tenant: str) -> str:
-    """The stored scope of ``tenant``'s claims in the per-tenant ``scope``."""
-    return scope + TENANT_SCOPE_MARK + tenant
-
-
-def declared_scope(stored: str) -> str:
-    """The scope a plugin named, of a stored scope (itself for a global one)."""
-    return stored.partition(TENANT_SCOPE_MARK)[0]
-
-
-def scope_tenant(stored: str) -> str:
-    """The tenant a stored scope is of ('' for a global scope's)."""
-    return stored.partition(TENANT_SCOPE_MARK)[2]
+__all__ = [
+    "TENANT_SCOPE_MARK",
+    "declared_scope",
+    "refuse_scopes_switched",
+    "scope_tenant",
+    "stored_claims",
+    "stored_scope",
+    "tenant_scope",
+]
 
 
 def stored_scope(scope: str, aggregate_id: str, per_tenant: frozenset[str]) -> str:

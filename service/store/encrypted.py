@@ -43,7 +43,6 @@ from dataclasses import replace
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from service.claim_scopes import declared_scope, scope_tenant
 from service.errors import AggregateForgotten, NotAvailableHere, NotEncrypted, NotUnique, TenantShredded
 from service.store.base import (
     AggregateQuery,
@@ -57,6 +56,7 @@ from service.store.base import (
     SnapshotStore,
     Store,
 )
+from service.store.claim_scope_names import declared_scope, scope_tenant
 from service.store.document_ciphers import DocumentCiphers, Place
 from service.store.encryption import (
     Keyring,
