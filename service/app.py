@@ -92,6 +92,7 @@ from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, refuse_if_sealed
 from service.store.factory import check_shared_by_processes, open_store, redacted_url, store_kind
+from service.store.features import ClusterFeatures
 from service.store.leasing import LeaseMember
 from service.store.schema_use import SchemaUse
 from service.transfer.sealing import import_sealing
@@ -480,11 +481,13 @@ async def start(
         if batch_counts is not None:
             metrics.watch_batches(batch_counts)
         roles = timed(roles, metrics.store_duration, metrics.conflicts)
-    # Their documents are sealed under a key per tenant (docs/security.md, "Per-tenant keys").
+    # Their documents are sealed under a key per tenant (docs/security.md, "Per-tenant keys"),
+    # once no replica of an older version is live (service/store/features.py).
     tenant_keyed = frozenset(p.name for p in registry.projections if p.tenant_keyed)
+    features = adapter if isinstance(adapter, ClusterFeatures) else None
     if master_keys is not None:
         keyring = Keyring(roles.keys, master_keys)
-        roles = encrypted(roles, keyring, tenant_keyed=tenant_keyed)
+        roles = encrypted(roles, keyring, tenant_keyed=tenant_keyed, features=features)
     await roles.lifecycle.open()
     if master_keys is None:
         await _refuse_sealed_store(roles)
@@ -501,7 +504,7 @@ async def start(
         if metrics is not None:
             read_roles = timed(read_roles, metrics.store_duration, metrics.conflicts)
         if keyring is not None:
-            read_roles = encrypted(read_roles, keyring, tenant_keyed=tenant_keyed)
+            read_roles = encrypted(read_roles, keyring, tenant_keyed=tenant_keyed, features=features)
         try:
             await standby.open()  # refuses a read database that is not the primary's (READ_DATABASE_MISMATCH)
         except ConfigurationError:

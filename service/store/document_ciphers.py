@@ -28,6 +28,16 @@ read model a new key for the tenant (the old documents then read absent).
 A key without a tenant (``totals``: the plugin broke its promise) or a
 document with a due time (a reaction's deadline: reactions are never
 ``tenant_keyed``) stays under the read model's own key.
+
+In a rolling upgrade: Chronicle 0.3.0 looks under the read model's own key
+only. So tenants' keys are used only once the store's
+``TENANT_DOCUMENT_KEYS`` feature is on (``service/store/features.py``: no
+live server of an older version); until then a ``tenant_keyed`` read
+model's documents are written under its own key, as 0.3.0 writes them
+(a shredded tenant's still refused), and move on their next write after.
+The feature is asked for at each commit until it is on, then never again:
+a commit is fenced by its projection's lease, so a replica that took the
+lease over from one writing tenants' keys asks after that one turned it on.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from service.store.encryption import (
     projection_key_id,
     tenant_projection_key_id,
 )
+from service.store.features import TENANT_DOCUMENT_KEYS, ClusterFeatures
 
 # How long a tenant_keyed read model found without a key of its own is
 # taken to have none (as long as the keyring caches a key found).
@@ -75,11 +86,20 @@ class DocumentCiphers:
     it leaves."""
 
     def __init__(
-        self, keyring: Keyring, tenant_keyed: frozenset[str], *, clock: Callable[[], float] = time.monotonic
+        self,
+        keyring: Keyring,
+        tenant_keyed: frozenset[str],
+        *,
+        features: ClusterFeatures | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.keyring = keyring
         self.tenant_keyed = tenant_keyed
         self._clock = clock
+        self._features = features
+        # Tenants' keys in use (the feature on, for good); without a store
+        # that records features, on from the start.
+        self._tenant_keys = features is None
         # tenant_keyed read models found without a key of their own, and
         # until when that is taken as still so (the keyring caches keys
         # found, not their absence).
@@ -96,9 +116,17 @@ class DocumentCiphers:
         if self._clock() < self._without_own.get(projection, 0.0):
             return None
         cipher = await self.keyring.for_reading(projection_key_id(projection))
-        if cipher is None:
+        if cipher is None and self._tenant_keys:
+            # Until tenants' keys are on, this version writes there too.
             self._without_own[projection] = self._clock() + OWN_KEY_ABSENCE_SECONDS
         return cipher
+
+    async def tenant_keys(self) -> bool:
+        """Whether writes may use tenants' keys: the store's feature is on
+        (asked each time until it is; never off again)."""
+        if not self._tenant_keys and self._features is not None:
+            self._tenant_keys = await self._features.enable_feature(TENANT_DOCUMENT_KEYS)
+        return self._tenant_keys
 
     async def own(self, projection: str) -> AESGCM:
         """The read model's own cipher, made on first use."""
@@ -146,6 +174,8 @@ class DocumentCiphers:
         """Where one commit's documents go."""
         if projection not in self.tenant_keyed:
             return DocumentWriter(self, projection, None)
+        if not await self.tenant_keys():
+            return DocumentWriter(self, projection, None, tenant_keys=False)
         return DocumentWriter(self, projection, await self._older(projection))
 
 
@@ -154,11 +184,16 @@ class DocumentWriter:
     once. ``older``: the read model's own cipher, when documents may be
     stored under it that a tenant's key should seal."""
 
-    def __init__(self, ciphers: DocumentCiphers, projection: str, older: AESGCM | None) -> None:
+    def __init__(
+        self, ciphers: DocumentCiphers, projection: str, older: AESGCM | None, *, tenant_keys: bool = True
+    ) -> None:
         self._ciphers = ciphers
         self._projection = projection
         self._older = older
         self._tenant_keyed = projection in ciphers.tenant_keyed
+        # False: a tenant_keyed read model writing as 0.3.0 does (under its
+        # own key), while an older replica may be live.
+        self._tenant_keys = tenant_keys
         self._tenants: dict[str, AESGCM] = {}
         self._own: AESGCM | None = None
 
@@ -166,6 +201,10 @@ class DocumentWriter:
         """Where ``key``'s document goes, and the hidden key of an older
         place to delete it from (None: none)."""
         tenant = document_tenant(key) if self._tenant_keyed and not due else ""
+        if tenant and not self._tenant_keys:
+            if self._ciphers.keyring.tenant_shredded(tenant):
+                raise DocumentForgotten(self._projection, tenant)
+            tenant = ""
         if not tenant:
             if self._own is None:
                 self._own = await self._ciphers.own(self._projection)

@@ -76,6 +76,7 @@ from service.store.encryption import (
     seal_text,
     snapshot_context,
 )
+from service.store.features import ClusterFeatures
 from service.store.leasing import Fencing
 from service.store.records import (
     HIDDEN_CLAIM_MARK,
@@ -104,17 +105,24 @@ log = logging.getLogger(__name__)
 HIDE_BATCH = 500
 
 
-def encrypted(store: Store, keyring: Keyring, *, tenant_keyed: frozenset[str] = frozenset()) -> Store:
+def encrypted(
+    store: Store,
+    keyring: Keyring,
+    *,
+    tenant_keyed: frozenset[str] = frozenset(),
+    features: ClusterFeatures | None = None,
+) -> Store:
     """``store`` with payloads sealed, claimed values hidden and documents
     sealed under ``keyring``'s keys; those of the read models named in
-    ``tenant_keyed`` under a key per tenant (``document_ciphers``)."""
+    ``tenant_keyed`` under a key per tenant (``document_ciphers``) once
+    ``features`` says every live server reads them (None: from the start)."""
     hider = ClaimHider(store.claims, keyring)
     return store.replacing(
         events=SealedEvents(store.events, keyring, hider),
         log=SealedLog(store.log, keyring),
         claims=HiddenClaims(store.claims, hider),
         snapshots=SealedSnapshots(store.snapshots, keyring),
-        projections=SealedProjections(store.projections, keyring, tenant_keyed),
+        projections=SealedProjections(store.projections, keyring, tenant_keyed, features),
         audit=OpenedAudit(store.audit, keyring),
     )
 
@@ -452,10 +460,16 @@ class SealedProjections:
     ids everywhere: forgetting one deletes the document. A ``tenant_keyed``
     read model's documents are sealed per tenant (``document_ciphers``)."""
 
-    def __init__(self, inner: ProjectionStore, keyring: Keyring, tenant_keyed: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        inner: ProjectionStore,
+        keyring: Keyring,
+        tenant_keyed: frozenset[str] = frozenset(),
+        features: ClusterFeatures | None = None,
+    ) -> None:
         self.inner = inner
         self.keyring = keyring
-        self.ciphers = DocumentCiphers(keyring, tenant_keyed)
+        self.ciphers = DocumentCiphers(keyring, tenant_keyed, features=features)
 
     async def projection_position(self, name: str) -> int:
         return await self.inner.projection_position(name)

@@ -64,6 +64,9 @@ and the other does not can shift them):
        now() before 27)
     28 (SQLite 24) the version of a projection's declaration its documents
        were built by, with its checkpoint (before: none, read as 1)
+    29 (SQLite 25) a feature the servers turned on for good
+       (service/store/features.py: tenants' keys of read models' documents);
+       before: none, so on only once no server older than it is live
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -89,6 +92,7 @@ from service.errors import AggregateForgotten, CommandAlreadyRecorded, NotUnique
 from service.store.base import AuditQuery, ProjectionStore, SnapshotStore, Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys
+from service.store.features import TENANT_DOCUMENT_KEYS, ClusterFeatures
 from service.store.grouping import (
     DEFAULT_UNANSWERED_TIMEOUTS,
     ConsumerReport,
@@ -177,6 +181,8 @@ SINCE["postgres"]["settled_ahead"] = 26
 SINCE["sqlite"]["settled_ahead"] = 22
 # A group's parked event's type: PostgreSQL's migration 27, SQLite's 23;
 # when it was parked: PostgreSQL's 13 (its parked_at), SQLite's 23.
+SINCE["postgres"]["cluster_features"] = 29
+SINCE["sqlite"]["cluster_features"] = 25
 SINCE["postgres"]["parked_type"] = 27
 SINCE["sqlite"]["parked_type"] = 23
 SINCE["postgres"]["parked_time"] = 13
@@ -362,6 +368,7 @@ class OldRows:
     settled_ahead: list[SettledEvent] = field(default_factory=list)
     # Of GROUP_SPEC, by member id (its consumer is no live member: joins when read back).
     consumer_reports: dict[str, ConsumerReport] = field(default_factory=dict)
+    features: list[str] = field(default_factory=list)  # turned on (cluster_features)
 
     def holds(self, kind: str) -> bool:
         return self.version >= SINCE[self.dialect][kind]
@@ -584,6 +591,9 @@ def rows_at(dialect: str, version: int) -> OldRows:
         rows.add_document("owners", "owner:bob", b"\x0a\x0eaccount-sealed", sealed=True)
         if rows.holds("projection_version"):
             rows.projection_versions["owners"] = 2
+
+    if rows.holds("cluster_features"):
+        rows.features.append(TENANT_DOCUMENT_KEYS)
 
     if rows.holds("parked_events"):
         rows.parked += [
@@ -813,6 +823,9 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
         await store.replay_parked(group.spec.name, [p.event_id for p in rows.group_parked if p.replaying])
         for member_id, report in rows.consumer_reports.items():
             await store.report_consumer(group.spec.name, member_id, report)
+    for feature in rows.features:
+        assert isinstance(store, ClusterFeatures)
+        assert await store.enable_feature(feature)
 
 
 # -- reading them back through the current store ------------------------------------
@@ -1111,6 +1124,13 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
                 f"document {document.key} of {document.projection} after its subject was forgotten", raw is None, named
             )
 
+    async def features() -> None:
+        # On as turned on; off (and not turned on now) while the old
+        # member, whose code knows a schema from before features, is live.
+        assert isinstance(store, ClusterFeatures)
+        on = bool(rows.features) or not rows.holds("leases")
+        same("tenant_document_keys on", await store.enable_feature(TENANT_DOCUMENT_KEYS), on)
+
     async def leases() -> None:
         # A replica of the new version joins the group the old one left.
         newcomer = LeaseMember("member-new", "10.0.0.2:50051", "https://10.0.0.2:8443")
@@ -1195,6 +1215,7 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         ("appends after the old events", appends_go_on),
         ("snapshots, checkpoints and audit after the old ones", history_goes_on),
         *((("leases", leases),) if rows.holds("leases") else ()),
+        *((("features", features),) if isinstance(store, ClusterFeatures) else ()),
         ("documents of a forgotten subject", forgetting_deletes_documents),
         *((("groups", groups),) if rows.holds("groups") else ()),
         *((("consumer reports", consumer_reports),) if rows.holds("consumer_reports") else ()),

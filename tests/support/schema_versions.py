@@ -317,6 +317,8 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
                 " WHERE member_id = %s",
                 (report.connected_ago, member_id),
             )
+    for feature in rows.features:
+        conn.execute("INSERT INTO chronicle.cluster_features (name) VALUES (%s)", (feature,))
     for settled in rows.settled_ahead:
         conn.execute(
             "INSERT INTO chronicle.group_settled_ahead (group_name, segment, event_id, position, outcome)"
@@ -730,6 +732,8 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
                 "UPDATE group_consumer_reports SET connected_at_us = ? WHERE member_id = ?",
                 (now_us - round(report.connected_ago * 1_000_000), member_id),
             )
+    for feature in rows.features:
+        conn.execute("INSERT INTO cluster_features (name) VALUES (?)", (feature,))
     for settled in rows.settled_ahead:
         conn.execute(
             "INSERT INTO group_settled_ahead (group_name, segment, event_id, position, outcome) VALUES (?, 1, ?, ?, ?)",

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from psycopg.pq.abc import PGresult
 
+from service.store.features import features_since
+from service.store.grouping import GROUP_LEASE_PREFIX
 from service.store.leasing import Lease, LeaseMember, LeaseView
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
@@ -44,6 +46,19 @@ class LeasesRole:
         ]
         results = await self._lease_db.run("change_leases", statements)
         return [Lease(str(row[0]), member_id, int(row[1])) for row in rows(results[1])]
+
+    async def enable_feature(self, name: str) -> bool:
+        """``features.ClusterFeatures``: one transaction, so the live
+        members it checks are those of the moment it turns ``name`` on."""
+        since = features_since(known_migrations())
+        results = await self._lease_db.run(
+            "enable_feature",
+            [
+                Statement(sql.ENABLE_FEATURE.encode(), (name, since, len(GROUP_LEASE_PREFIX), GROUP_LEASE_PREFIX)),
+                Statement(sql.FEATURE_ENABLED.encode(), (name,)),
+            ],
+        )
+        return bool(rows(results[1]))
 
     async def leave_group(self, group: str, member_id: str) -> None:
         await self._lease_db.run(

@@ -18,6 +18,8 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
+from service.store.features import features_since
+from service.store.grouping import GROUP_LEASE_PREFIX
 from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
 from service.store.sqlite import sql
 from service.store.sqlite.migrations import MIGRATIONS
@@ -53,6 +55,17 @@ class LeasesRole:
 
     async def leave_group(self, group: str, member_id: str) -> None:
         await self._lease_writer.run(_leave, group, member_id)
+
+    async def enable_feature(self, name: str) -> bool:
+        """``features.ClusterFeatures``, in one write transaction."""
+        return await self._lease_writer.run(_enable_feature, name)
+
+
+def _enable_feature(db: sqlite3.Connection, name: str) -> bool:
+    with writing(db):
+        since = features_since(MIGRATIONS)
+        db.execute(sql.ENABLE_FEATURE, (name, now_us(), since, len(GROUP_LEASE_PREFIX), GROUP_LEASE_PREFIX))
+        return db.execute(sql.FEATURE_ENABLED, (name,)).fetchone() is not None
 
 
 def _renew(db: sqlite3.Connection, group: str, member: LeaseMember, names: Sequence[str], ttl_us: int) -> LeaseView:

@@ -637,6 +637,15 @@ ACQUIRE_LEASE = (
     " WHERE lease_group = ?3 AND name = ?4 AND (owner IS NULL OR expires_at_us <= ?5) RETURNING epoch"
 )
 LEAVE_GROUP = "DELETE FROM lease_members WHERE lease_group = ? AND member_id = ?"
+# Cluster features (service/store/features.py, migration 25), as
+# PostgreSQL's: ?1 the feature, ?2 now, ?3 the schema that made the table,
+# ?4 and ?5 the length of GROUP_LEASE_PREFIX and it.
+ENABLE_FEATURE = (
+    "INSERT INTO cluster_features (name) SELECT ?1 WHERE NOT EXISTS (SELECT 1"
+    " FROM lease_members WHERE expires_at_us > ?2 AND schema_version < ?3 AND substr(lease_group, 1, ?4) <> ?5)"
+    " ON CONFLICT (name) DO NOTHING"
+)
+FEATURE_ENABLED = "SELECT 1 FROM cluster_features WHERE name = ?"
 RELEASE_ALL_LEASES = (
     "UPDATE leases SET owner = NULL, epoch = epoch + 1, expires_at_us = 0 WHERE lease_group = ? AND owner = ?"
 )

@@ -1,0 +1,11 @@
+-- Migration 29: features the cluster turned on for good, by name
+-- (service/store/features.py). "tenant_document_keys": a tenant_keyed
+-- read model's documents are sealed under a key per (read model, tenant),
+-- which Chronicle 0.3.0 does not read; a server turns it on once no live
+-- server knows a schema below this one (lease_members.schema_version), and
+-- writes the read model's single key's form until then, so that replicas
+-- of 0.3.0 beside it in a rolling upgrade read every document. Never
+-- turned off: rolling back below this version then needs a rebuild of
+-- those read models (deployment.md, "Upgrading and rolling back").
+-- additive
+CREATE TABLE chronicle.cluster_features (name text PRIMARY KEY);

@@ -1,0 +1,127 @@
+"""A feature the servers turn on for good once no live server of an older
+version is left (service/store/features.py), on the stores that record
+them (SQLite, PostgreSQL; the memory store serves one process), and the one
+it gates: a tenant_keyed read model's documents under tenants' keys, which
+Chronicle 0.3.0 does not read (service/store/document_ciphers.py,
+docs/deployment.md "Upgrading and rolling back")."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import psycopg
+import pytest
+
+from service.store.base import Store, StoreAdapter
+from service.store.encrypted import encrypted
+from service.store.encryption import Keyring, MasterKeys, new_master_key, projection_key_id, tenant_projection_key_id
+from service.store.features import TENANT_DOCUMENT_KEYS, ClusterFeatures, features_since
+from service.store.grouping import consumer_group
+from service.store.leasing import LeaseMember
+from service.store.postgres.migrations import known_migrations
+from service.store.postgres.store import PostgresStore
+from service.store.sqlite.migrations import MIGRATIONS
+from service.store.sqlite.store import SqliteStore
+from service.store_contract.test_encrypted import Encrypted
+from service.store_contract.test_tenant_documents import OWNERS, put
+
+pytestmark = pytest.mark.asyncio
+
+SHARED = f"k1:{new_master_key()}"
+ACME = f"acme:2026-01:{new_master_key()}"
+TTL = 30.0
+
+
+def features_of(store: StoreAdapter) -> ClusterFeatures:
+    if not isinstance(store, ClusterFeatures):
+        pytest.skip("the store records no features (one process: every feature on)")
+    return store
+
+
+def since(store: StoreAdapter) -> int:
+    """The schema the features table came with: 0.3.0's servers know the one before."""
+    return features_since(known_migrations() if isinstance(store, PostgresStore) else MIGRATIONS)
+
+
+async def join(store: StoreAdapter, group: str, member_id: str, *, schema: int | None = None) -> None:
+    """``member_id`` beats in ``group``, as a server whose code knows
+    ``schema`` (None: this one's) would: a store writes the schema its own
+    code knows, so an older server's is set in its row afterwards."""
+    await store.renew_leases(group, LeaseMember(member_id, f"{member_id}:50051"), [], TTL)
+    if schema is None:
+        return
+    if isinstance(store, PostgresStore):
+        async with await psycopg.AsyncConnection.connect(store.url) as session:
+            await session.execute(
+                "UPDATE chronicle.lease_members SET schema_version = %s WHERE lease_group = %s AND member_id = %s",
+                (schema, group, member_id),
+            )
+            await session.commit()
+    else:
+        assert isinstance(store, SqliteStore)
+        with sqlite3.connect(store._path) as db:
+            db.execute(
+                "UPDATE lease_members SET schema_version = ? WHERE lease_group = ? AND member_id = ?",
+                (schema, group, member_id),
+            )
+        db.close()
+
+
+async def test_the_table_came_with_the_newest_migration_but_none_before() -> None:
+    # What an older server knows is below it: 0.3.0 knew PostgreSQL's 28 and SQLite's 24.
+    assert features_since(known_migrations()) > 28
+    assert features_since(MIGRATIONS) > 24
+
+
+async def test_a_feature_waits_for_every_older_server_and_stays_on_once_on(store: StoreAdapter) -> None:
+    features = features_of(store)
+    await join(store, "projections", "old", schema=since(store) - 1)  # 0.3.0's
+    await join(store, "partitions", "new")
+    assert not await features.enable_feature(TENANT_DOCUMENT_KEYS)
+    assert not await features.enable_feature(TENANT_DOCUMENT_KEYS)  # asked again: still not
+    await store.leave_group("projections", "old")
+    assert await features.enable_feature(TENANT_DOCUMENT_KEYS)
+    # Never off again: an older server back (a rollback) does not turn it off.
+    await join(store, "projections", "old", schema=since(store) - 1)
+    assert await features.enable_feature(TENANT_DOCUMENT_KEYS)
+    assert not await features.enable_feature("another")  # each feature by its name
+
+
+async def test_a_server_of_a_version_before_member_versions_holds_it_back(store: StoreAdapter) -> None:
+    features = features_of(store)
+    await join(store, "projections", "older", schema=0)  # a version from before members' versions
+    assert not await features.enable_feature(TENANT_DOCUMENT_KEYS)
+
+
+async def test_a_subscription_groups_consumers_are_not_servers(store: StoreAdapter) -> None:
+    features = features_of(store)
+    await join(store, consumer_group("orders"), "consumer-1", schema=0)  # a client's consumer
+    assert await features.enable_feature(TENANT_DOCUMENT_KEYS)
+
+
+def encrypting(store: StoreAdapter, *, tenant_keyed: frozenset[str], features: ClusterFeatures | None) -> Encrypted:
+    keyring = Keyring(store, MasterKeys.parse(f"{SHARED},{ACME}", source="test"))
+    return Encrypted(encrypted(Store.of(store), keyring, tenant_keyed=tenant_keyed, features=features), keyring)
+
+
+async def test_tenant_keyed_documents_are_written_as_0_3_0_reads_them_while_one_is_live(store: StoreAdapter) -> None:
+    features = features_of(store)
+    new = encrypting(store, tenant_keyed=frozenset({OWNERS}), features=features)
+    # 0.3.0 knows no tenant_keyed read model: it reads every document under the read model's key.
+    old = encrypting(store, tenant_keyed=frozenset(), features=None)
+    await join(store, "projections", "old", schema=since(store) - 1)
+    await put(new, OWNERS, ("acme:acc-1", b"ann"))
+    assert [d.data for d in await old.roles.projections.load_documents(OWNERS, ["acme:acc-1"])] == [b"ann"]
+    assert await store.load_data_key(tenant_projection_key_id(OWNERS, "acme")) is None
+    await put(old, OWNERS, ("acme:acc-1", b"ann, as the old replica wrote"))  # the old one took the lease
+    assert [d.data for d in await new.roles.projections.load_documents(OWNERS, ["acme:acc-1"])] == [
+        b"ann, as the old replica wrote"
+    ]
+
+    await store.leave_group("projections", "old")  # the last old replica gone
+    await put(new, OWNERS, ("acme:acc-1", b"ann, moved"), ("acme:acc-2", b"amy"))
+    assert await store.load_data_key(tenant_projection_key_id(OWNERS, "acme")) is not None
+    assert await store.load_data_key(projection_key_id(OWNERS)) is not None
+    assert await old.roles.projections.load_documents(OWNERS, ["acme:acc-1", "acme:acc-2"]) == []
+    found = await new.roles.projections.load_documents(OWNERS, ["acme:acc-1", "acme:acc-2"])
+    assert sorted(d.data for d in found) == [b"amy", b"ann, moved"]
