@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,8 +132,15 @@ class Replica:
         extra: Sequence[str] = (),
         port: int | None = None,
         metrics: bool = False,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
+        """``env``: variables set over the test's own (``PYTHONPATH`` to run
+        another version's code); ``cwd``: where it runs (the test's own
+        directory by default)."""
         self.database_url = database_url
+        self._env = None if env is None else {**os.environ, **env}
+        self._cwd = cwd
         self.address = f"127.0.0.1:{port or free_port()}"
         self.log_path = log_path
         self._extra = list(extra)
@@ -162,7 +169,9 @@ class Replica:
         with self.log_path.open("a") as log:
             log.write(f"--- start {self.starts + 1}: {' '.join(command)}\n")
             log.flush()
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, text=True, env=self._env, cwd=self._cwd
+            )
         self.starts += 1
         if wait:
             self.wait_until_serving(timeout)
