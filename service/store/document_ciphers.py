@@ -42,6 +42,7 @@ lease over from one writing tenants' keys asks after that one turned it on.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ from service.store.encryption import (
     tenant_projection_key_id,
 )
 from service.store.features import TENANT_DOCUMENT_KEYS, ClusterFeatures
+
+log = logging.getLogger(__name__)
 
 # How long a tenant_keyed read model found without a key of its own is
 # taken to have none (as long as the keyring caches a key found).
@@ -108,11 +111,12 @@ class DocumentCiphers:
     async def _older(self, projection: str) -> AESGCM | None:
         """A tenant_keyed read model's own cipher, if it has a key: its
         documents may be there from before. Its absence is taken as true for
-        OWN_KEY_ABSENCE_SECONDS: only a server that does not know the
-        read model is tenant_keyed puts a tenant's document under that key
-        (an older version, or before the declaration), and this version
-        does not run beside those (CHANGELOG); a key without a tenant, which
-        makes it too, is read under it whatever this says."""
+        OWN_KEY_ABSENCE_SECONDS once tenants' keys are on: only a server
+        that does not know the read model is tenant_keyed puts a tenant's
+        document under that key then (0.3.0 after a rollback, which needs a
+        rebuild: deployment.md), and while they are off this version writes
+        there itself, so its absence is not remembered; a key without a
+        tenant, which makes it too, is read under it whatever this says."""
         if self._clock() < self._without_own.get(projection, 0.0):
             return None
         cipher = await self.keyring.for_reading(projection_key_id(projection))
@@ -126,6 +130,12 @@ class DocumentCiphers:
         (asked each time until it is; never off again)."""
         if not self._tenant_keys and self._features is not None:
             self._tenant_keys = await self._features.enable_feature(TENANT_DOCUMENT_KEYS)
+            if self._tenant_keys:
+                log.info(
+                    "%s is on (no replica of an older version is live): tenant_keyed read models' documents"
+                    " are written under their tenants' keys from now on",
+                    TENANT_DOCUMENT_KEYS,
+                )
         return self._tenant_keys
 
     async def own(self, projection: str) -> AESGCM:

@@ -125,3 +125,34 @@ async def test_tenant_keyed_documents_are_written_as_0_3_0_reads_them_while_one_
     assert await old.roles.projections.load_documents(OWNERS, ["acme:acc-1", "acme:acc-2"]) == []
     found = await new.roles.projections.load_documents(OWNERS, ["acme:acc-1", "acme:acc-2"])
     assert sorted(d.data for d in found) == [b"amy", b"ann, moved"]
+
+
+class Switch:
+    """A store's features as a switch the test turns, counting the asks."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.asked = 0
+
+    async def enable_feature(self, name: str) -> bool:
+        assert name == TENANT_DOCUMENT_KEYS
+        self.asked += 1
+        return self.on
+
+
+async def test_the_feature_is_asked_at_each_commit_until_on_then_never_again(store: StoreAdapter) -> None:
+    switch = Switch()
+    sealed = encrypting(store, tenant_keyed=frozenset({OWNERS}), features=switch)
+    await put(sealed, OWNERS, ("acme:acc-1", b"ann"))
+    await put(sealed, OWNERS, ("acme:acc-1", b"ann again"))
+    assert switch.asked == 2  # a replica that took the lease over asks after the one that turned it on
+    assert await store.load_data_key(tenant_projection_key_id(OWNERS, "acme")) is None
+    switch.on = True
+    await put(sealed, OWNERS, ("acme:acc-1", b"ann, moved"))
+    await put(sealed, OWNERS, ("acme:acc-2", b"amy"))
+    assert switch.asked == 3
+    assert await store.load_data_key(tenant_projection_key_id(OWNERS, "acme")) is not None
+    found = await sealed.roles.projections.load_documents(OWNERS, ["acme:acc-1", "acme:acc-2"])
+    assert sorted(d.data for d in found) == [b"amy", b"ann, moved"]
+    await put(sealed, "bank.totals", ("acme:acc-1", b"1"))  # not tenant_keyed: nothing to ask
+    assert switch.asked == 3

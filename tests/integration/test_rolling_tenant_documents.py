@@ -150,3 +150,5 @@ async def test_the_projection_counts_every_deposit_whichever_version_runs_it(pos
             written = await at_new.submit(command("acme:acc-1", bank.Deposit(amount=64)))
             assert await balance(at_new, written.events[-1].position) == total + 64
             assert await tenant_key_made(postgres_url)  # moved onto the tenant's key at its write
+    assert "tenant_document_keys is on" in (tmp_path / "new.log").read_text()  # the switch is logged
+    assert "tenant_document_keys is on" not in (tmp_path / "old.log").read_text()
