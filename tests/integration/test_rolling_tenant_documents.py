@@ -1,14 +1,17 @@
 """A rolling upgrade from Chronicle 0.3.0 with a ``tenant_keyed`` read model
 under encryption at rest (docs/deployment.md, "Upgrading and rolling
-back"): a real 0.3.0 server (its code from git, commit f4df998) and one of
-this version on one PostgreSQL database, with the same master keys and a
-plugin whose ``tenant_keyed`` projection adds each deposit to the document
-it read. The projection's lease is moved back and forth between them (its
-runner stopped and started again) with a deposit after each move: the
-balance counts every deposit once, which it would not if the 0.3.0 runner
-built on a document it does not see (one under a tenant's key). Once the
-0.3.0 server has left, the new one writes the tenant's key's form: its data
-key of (read model, tenant) exists, which it did not before.
+back"): real 0.3.0 servers (their code from git, commit f4df998) and one of
+this version on one database (PostgreSQL, or one SQLite file: a rolling
+update on one host), with the same master keys and a plugin whose
+``tenant_keyed`` projection adds each deposit to the document it read.
+The projection's lease is moved back and forth between the 0.3.0 server
+and the new one that load the plugin (one stopped, the other running it,
+for each deposit) while a second 0.3.0 server, without the projection,
+stays live: the balance counts every deposit once, which it would not if
+the 0.3.0 runner built on a document it does not see (one under a
+tenant's key). Once the 0.3.0 servers have left, the new one writes the
+tenant's key's form: its data key of (read model, tenant) exists, which it
+did not before.
 """
 
 from __future__ import annotations
@@ -16,20 +19,22 @@ from __future__ import annotations
 import subprocess
 import sys
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from chronicle.v1 import projection_service_pb2 as pb
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.store.base import StoreAdapter
 from service.store.encryption import new_master_key, tenant_projection_key_id
-from service.store.postgres.store import PostgresStore
+from service.store.factory import open_store
 from tests.support.grpc_client import Client, command, connect
 from tests.support.processes import Replica
 from tests.support.security import write
 from tests.support.waiting import eventually
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]  # two server processes, one of them 0.3.0
+pytestmark = pytest.mark.slow  # two server processes, one of them 0.3.0
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 RELEASED = "f4df998"  # Chronicle 0.3.0, as it reads documents: under the read model's key only
@@ -75,8 +80,10 @@ async def runner(client: Client) -> str:
     return str(found.runner)  # whoever runs it, as this replica last heard
 
 
-async def run_somewhere(client: Client) -> bool:
-    return bool(await runner(client))
+async def settled(clients: dict[str, Client], stopped: frozenset[str] = frozenset()) -> bool:
+    """The running replicas name one of them as the projection's runner."""
+    seen = {await runner(client) for address, client in clients.items() if address not in stopped}
+    return len(seen) == 1 and seen <= set(clients) - stopped
 
 
 async def balance(client: Client, at: int) -> int:
@@ -86,8 +93,8 @@ async def balance(client: Client, at: int) -> int:
     return found.balance
 
 
-async def tenant_key_made(postgres_url: str) -> bool:
-    store = PostgresStore(postgres_url)
+async def tenant_key_made(database_url: str) -> bool:
+    store: StoreAdapter = open_store(database_url)
     await store.open()
     try:
         return await store.load_data_key(tenant_projection_key_id(OWNERS, "acme")) is not None
@@ -95,60 +102,71 @@ async def tenant_key_made(postgres_url: str) -> bool:
         await store.close()
 
 
-async def test_the_projection_counts_every_deposit_whichever_version_runs_it(postgres_url: str, tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path}/events.db"
+
+
+async def test_the_projection_counts_every_deposit_whichever_version_runs_it(database_url: str, tmp_path: Path) -> None:
     old_code = released_tree(tmp_path / "chronicle-0.3.0")
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "rollout_owners.py").write_text(PLUGIN)
     keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\nacme:2026-01:{new_master_key()}\n")
-    flags = [
-        "--plugin", "rollout_owners", "--master-key-file", keys, "--anonymous-admin",
-        "--lease-seconds", str(LEASE_SECONDS), "--poll-seconds", "0.2",
+    common = [
+        "--master-key-file", keys, "--anonymous-admin", "--lease-seconds", str(LEASE_SECONDS), "--poll-seconds", "0.2",
     ]  # fmt: skip
+    flags = ["--plugin", "rollout_owners", *common]
     new = Replica(
-        postgres_url, log_path=tmp_path / "new.log", extra=flags, env={"PYTHONPATH": f"{REPOSITORY}:{plugins}"}
+        database_url, log_path=tmp_path / "new.log", extra=flags, env={"PYTHONPATH": f"{REPOSITORY}:{plugins}"}
     )
     old = Replica(
-        postgres_url,
+        database_url,
         log_path=tmp_path / "old.log",
         extra=flags,
         env={"PYTHONPATH": f"{old_code}:{plugins}"},
         cwd=tmp_path,  # not this repository: its `service` would be imported first
     )
+    # Another 0.3.0 replica of the rollout, live throughout, which cannot
+    # take the projection over (its plugins have no such projection): so
+    # the test decides which of the other two runs it, by stopping one.
+    elsewhere = Replica(
+        database_url, log_path=tmp_path / "elsewhere.log", extra=common, env={"PYTHONPATH": str(old_code)}, cwd=tmp_path
+    )
     with ExitStack() as stack:
-        stack.callback(old.close)
-        stack.callback(new.close)
+        for replica in (old, new, elsewhere):
+            stack.callback(replica.close)
         new.start()  # migrates the database (additively: 0.3.0 serves on it)
+        elsewhere.start()
         old.start()
         async with connect(new.address) as at_new, connect(old.address) as at_old:
-            clients = {new.address: (new, at_new), old.address: (old, at_old)}
-            written = await at_new.submit(command("acme:acc-1", bank.OpenAccount(owner="Ann")))
-            total, ran_on = 0, set()
-            for amount in (1, 2, 4, 8, 16, 32):
-                await eventually(lambda: run_somewhere(at_new), what="a runner of the projection")
-                holder, _ = clients[await runner(at_new)]
-                ran_on.add(holder.address)
-                written = await at_new.submit(command("acme:acc-1", bank.Deposit(amount=amount)))
+            clients = {new.address: at_new, old.address: at_old}
+            await at_new.submit(command("acme:acc-1", bank.OpenAccount(owner="Ann")))
+            total = 0
+            # Each deposit counted by the version that did not write the
+            # document last: the other one stopped meanwhile, started again after.
+            for amount, counting in zip((1, 2, 4, 8, 16, 32), [old, new] * 3, strict=True):
+                stopped = new if counting is old else old
+                stopped.stop()
+                taken_over = partial(settled, clients, frozenset({stopped.address}))
+                await eventually(taken_over, what=f"{counting.address} running the projection")
+                written = await clients[counting.address].submit(command("acme:acc-1", bank.Deposit(amount=amount)))
                 total += amount
                 at = written.events[-1].position
-                # Each replica reads the document its runner wrote, whichever wrote it.
-                assert (await balance(at_new, at), await balance(at_old, at)) == (total, total)
-                holder.stop()  # its leases freed: the other replica takes the projection over
-                other = old if holder is new else new
-                _, at_other = clients[other.address]
+                assert await balance(clients[counting.address], at) == total
+                stopped.start()
+                assert await balance(clients[stopped.address], at) == total  # it reads what the other wrote
+            assert not await tenant_key_made(database_url)  # the read model's key only, as 0.3.0 reads
 
-                async def taken_over(at_other: Client = at_other, other: Replica = other) -> bool:
-                    return await runner(at_other) == other.address
-
-                await eventually(taken_over, what=f"{other.address} running the projection")
-                holder.start()
-            assert ran_on == {new.address, old.address}
-            assert not await tenant_key_made(postgres_url)  # the read model's key only, as 0.3.0 reads
-
-            old.stop()  # the upgrade done: the last 0.3.0 replica gone
-            await eventually(lambda: run_somewhere(at_new), what="the new replica running the projection")
-            written = await at_new.submit(command("acme:acc-1", bank.Deposit(amount=64)))
-            assert await balance(at_new, written.events[-1].position) == total + 64
-            assert await tenant_key_made(postgres_url)  # moved onto the tenant's key at its write
+            # The upgrade done: the last 0.3.0 replicas gone.
+            old.stop()
+            elsewhere.stop()
+            on_new = partial(settled, clients, frozenset({old.address}))
+            await eventually(on_new, what="the new replica running the projection")
+            written = await at_new.submit(command("acme:acc-1", bank.Deposit(amount=100)))
+            assert await balance(at_new, written.events[-1].position) == total + 100
+            assert await tenant_key_made(database_url)  # moved onto the tenant's key at its write
     assert "tenant_document_keys is on" in (tmp_path / "new.log").read_text()  # the switch is logged
     assert "tenant_document_keys is on" not in (tmp_path / "old.log").read_text()
