@@ -12,6 +12,7 @@ import sqlite3
 import psycopg
 import pytest
 
+from service.errors import DocumentForgotten
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, new_master_key, projection_key_id, tenant_projection_key_id
@@ -156,3 +157,19 @@ async def test_the_feature_is_asked_at_each_commit_until_on_then_never_again(sto
     assert sorted(d.data for d in found) == [b"amy", b"ann, moved"]
     await put(sealed, "bank.totals", ("acme:acc-1", b"1"))  # not tenant_keyed: nothing to ask
     assert switch.asked == 3
+
+
+async def test_a_shredded_tenants_documents_are_refused_while_written_as_0_3_0_reads_them(store: StoreAdapter) -> None:
+    switch = Switch()  # off: an older replica live
+    keys = Keyring(store, MasterKeys.parse(f"{SHARED},{ACME}", source="test"))
+    sealed = Encrypted(encrypted(Store.of(store), keys, tenant_keyed=frozenset({OWNERS}), features=switch), keys)
+    await put(sealed, OWNERS, ("acme:acc-1", b"ann"))
+    shredded_keys = Keyring(store, MasterKeys.parse(f"{SHARED},acme:2026-01:destroyed", source="test"))
+    shredded = Encrypted(
+        encrypted(Store.of(store), shredded_keys, tenant_keyed=frozenset({OWNERS}), features=switch), shredded_keys
+    )
+    await shredded.keyring.check()
+    with pytest.raises(DocumentForgotten):
+        await shredded.roles.projections.load_document(OWNERS, "acme:acc-1")
+    with pytest.raises(DocumentForgotten):
+        await put(shredded, OWNERS, ("acme:acc-2", b"amy"))
