@@ -579,6 +579,7 @@ async def start(
         max_subscriptions=settings.max_subscriptions,
         max_rpcs_per_principal=settings.max_rpcs_per_principal,
         max_subscriptions_per_principal=settings.max_subscriptions_per_principal,
+        max_rpcs_per_tenant=settings.max_concurrent_rpcs_per_tenant,
         max_subscriptions_per_tenant=settings.max_subscriptions_per_tenant,
         tenant_of=authorizer.tenant_of,
         authenticator=authenticator,

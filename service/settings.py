@@ -290,6 +290,14 @@ class Settings:
     max_subscriptions_per_principal: int = field(
         default=100, metadata={"help": "subscriptions one authenticated principal may have open at once"}
     )
+    max_concurrent_rpcs_per_tenant: int = field(
+        default=500,
+        metadata={
+            "help": "RPCs the authenticated principals of one tenant may have in flight at once, together"
+            " (subscriptions apart, streams counted as --max-concurrent-rpcs counts them; principals without a"
+            " tenant are not counted); one more is RESOURCE_EXHAUSTED TENANT_TOO_MANY_REQUESTS. 0: no limit"
+        },
+    )
     max_subscriptions_per_tenant: int = field(
         default=250,
         metadata={
@@ -449,6 +457,7 @@ class Settings:
         for name in (
             "max_commands_per_second_per_principal",
             "commands_burst_per_principal",
+            "max_concurrent_rpcs_per_tenant",
             "max_subscriptions_per_tenant",
             "max_commands_per_second_per_tenant",
         ):

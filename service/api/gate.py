@@ -88,10 +88,10 @@ class RpcGate:
     its own: ``max_rpcs_per_principal`` RPCs and
     ``max_subscriptions_per_principal`` subscriptions at once, so that one
     principal cannot take every place, and, when it has a tenant
-    (``tenant_of``: the policy's answer), at most
-    ``max_subscriptions_per_tenant`` subscriptions open by all its tenant's
-    principals together, so that one tenant's many principals cannot lock
-    the other tenants out; each request parsed.
+    (``tenant_of``: the policy's answer), at most ``max_rpcs_per_tenant``
+    RPCs and ``max_subscriptions_per_tenant`` subscriptions by all its
+    tenant's principals together, so that one tenant's many principals
+    cannot lock the other tenants out; each request parsed.
 
     With authentication off every caller is the same anonymous one, and the
     server-wide limits are its only bounds. Per call, a quota costs a dict
@@ -104,6 +104,7 @@ class RpcGate:
         max_subscriptions: int,
         max_rpcs_per_principal: int | None = None,
         max_subscriptions_per_principal: int | None = None,
+        max_rpcs_per_tenant: int = 0,
         max_subscriptions_per_tenant: int = 0,
         tenant_of: Callable[[Principal], str] | None = None,
         authenticator: Authenticator | None = None,
@@ -113,22 +114,30 @@ class RpcGate:
     ) -> None:
         """``grant_of``: what the policy grants a principal; a stream whose
         principal's grant changes is ended (``service.api.live_streams``).
-        ``max_subscriptions_per_tenant``: 0, no tenant's limit."""
+        ``max_rpcs_per_tenant``, ``max_subscriptions_per_tenant``: 0, no
+        tenant's limit of that kind."""
         self.max_rpcs = max_rpcs
         self.max_subscriptions = max_subscriptions
         self.max_rpcs_per_principal = max_rpcs_per_principal or max_rpcs
         self.max_subscriptions_per_principal = max_subscriptions_per_principal or max_subscriptions
+        self.max_rpcs_per_tenant = max_rpcs_per_tenant
         self.max_subscriptions_per_tenant = max_subscriptions_per_tenant
-        self._tenant_of = tenant_of if tenant_of is not None and max_subscriptions_per_tenant else None
+        # Asked only where a tenant's limit of the call's kind is on: with
+        # both off, a call pays no policy lookup.
+        self._tenant_of = (
+            tenant_of if tenant_of is not None and (max_rpcs_per_tenant or max_subscriptions_per_tenant) else None
+        )
         self.in_flight = 0
         self.subscriptions = 0
         # Principal name -> its RPCs (subscriptions apart) and subscriptions
         # in flight; a name leaves when its count is back to 0.
         self.rpcs_of: dict[str, int] = {}
         self.subscriptions_of: dict[str, int] = {}
-        # Tenant -> the subscriptions its principals hold open; counted
-        # under the tenant a subscription was admitted in (a reload that
-        # moves its principal counts its next one elsewhere, not this one).
+        # Tenant -> the RPCs (subscriptions apart) and subscriptions its
+        # principals hold open; each counted under the tenant it was
+        # admitted in (a reload that moves its principal counts its next
+        # call elsewhere, not this one).
+        self.rpcs_of_tenant: dict[str, int] = {}
         self.subscriptions_of_tenant: dict[str, int] = {}
         self._authenticator = authenticator
         self._on_refused = on_refused
@@ -144,8 +153,8 @@ class RpcGate:
         self, subscription: bool, request: object, context: Context, stream: bool = False
     ) -> tuple[str | None, str, LiveStream | None]:
         """Raise the refusal, or count the call in and return the principal
-        it is counted against (None: authentication is off), the tenant a
-        subscription is counted against ("": none) and, for a ``stream``
+        it is counted against (None: authentication is off), the tenant it
+        is counted against ("": none, or no tenant's limit of its kind) and, for a ``stream``
         with authentication on, its registration in ``self.streams``; the
         caller counts it out (``_leave``)."""
         current_peer.set(context.peer)  # for audit entries written in the pipeline
@@ -171,10 +180,12 @@ class RpcGate:
             held = (self.subscriptions_of if subscription else self.rpcs_of).get(name, 0)
             if held >= (self.max_subscriptions_per_principal if subscription else self.max_rpcs_per_principal):
                 raise self._over_quota(subscription)
-            if subscription and self._tenant_of is not None:
+            tenant_limit = self.max_subscriptions_per_tenant if subscription else self.max_rpcs_per_tenant
+            if tenant_limit and self._tenant_of is not None:
                 tenant = self._tenant_of(credentials[0])
-                if tenant and self.subscriptions_of_tenant.get(tenant, 0) >= self.max_subscriptions_per_tenant:
-                    raise self._over_tenant_quota(tenant)
+                of_tenant = self.subscriptions_of_tenant if subscription else self.rpcs_of_tenant
+                if tenant and of_tenant.get(tenant, 0) >= tenant_limit:
+                    raise self._over_tenant_quota(subscription, tenant)
         if isinstance(request, Undecodable):
             raise request.error()
         if subscription:
@@ -187,6 +198,8 @@ class RpcGate:
             self.in_flight += 1
             if name is not None:
                 self.rpcs_of[name] = held + 1
+            if tenant:
+                self.rpcs_of_tenant[tenant] = self.rpcs_of_tenant.get(tenant, 0) + 1
         if stream and credentials is not None and self.streams is not None:
             return name, tenant, self.streams.open(*credentials)
         return name, tenant, None
@@ -206,7 +219,14 @@ class RpcGate:
             metadata={"max_rpcs_per_principal": str(limit)},
         )
 
-    def _over_tenant_quota(self, tenant: str) -> Overloaded:
+    def _over_tenant_quota(self, subscription: bool, tenant: str) -> Overloaded:
+        if not subscription:
+            limit = self.max_rpcs_per_tenant
+            return Overloaded(
+                f"tenant {tenant!r} has {limit} calls in flight, its most; retry later",
+                reason="TENANT_TOO_MANY_REQUESTS",
+                metadata={"max_concurrent_rpcs_per_tenant": str(limit), "tenant": tenant},
+            )
         limit = self.max_subscriptions_per_tenant
         return Overloaded(
             f"tenant {tenant!r} has {limit} open subscriptions, its most; close one or retry later",
@@ -219,16 +239,16 @@ class RpcGate:
             self.streams.close(stream)
         if subscription:
             self.subscriptions -= 1
-            counts = self.subscriptions_of
-            if tenant:
-                left = self.subscriptions_of_tenant[tenant] - 1
-                if left:
-                    self.subscriptions_of_tenant[tenant] = left
-                else:
-                    del self.subscriptions_of_tenant[tenant]
+            counts, of_tenant = self.subscriptions_of, self.subscriptions_of_tenant
         else:
             self.in_flight -= 1
-            counts = self.rpcs_of
+            counts, of_tenant = self.rpcs_of, self.rpcs_of_tenant
+        if tenant:
+            left = of_tenant[tenant] - 1
+            if left:
+                of_tenant[tenant] = left
+            else:
+                del of_tenant[tenant]
         if name is not None:
             held = counts[name] - 1
             if held:

@@ -1,4 +1,5 @@
 """One tenant's principals together hold at most
+``--max-concurrent-rpcs-per-tenant`` calls in flight and
 ``--max-subscriptions-per-tenant`` open subscriptions and submit at most
 ``--max-commands-per-second-per-tenant`` commands (docs/security.md,
 "Quotas"), over a real socket: a tenant's many principals cannot take every
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -25,7 +27,7 @@ from chronicle.v1 import subscription_group_service_pb2_grpc as gpb_grpc
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.store.memory import MemoryStore
-from tests.support.grpc_client import command, connect, details_of, running_server, with_jwt_auth
+from tests.support.grpc_client import Client, command, connect, details_of, running_server, with_jwt_auth
 from tests.support.security import JwtIssuer, bearer
 from tests.support.waiting import eventually
 
@@ -194,3 +196,99 @@ async def test_a_tenants_principals_together_submit_at_most_the_tenants_commands
         assert details.metadata == {"commands_per_second": "10", "burst": "10", "tenant": "acme"}
         head = await app.store.events.head("acme:acc-10")
         assert head is not None and head.version == 5  # written once, whole, when it passed
+
+
+def calls_of_tenant(app: Application) -> dict[str, int]:
+    """The calls in flight (subscriptions apart) the gate counts against each tenant."""
+    assert app.gate is not None
+    return app.gate.rpcs_of_tenant
+
+
+async def held_open(client: Client, aggregate_id: str) -> grpc.aio.StreamStreamCall[cs.SubmitRequest, Any]:
+    """A command stream, admitted (its first command answered) and left open:
+    a call in flight until it is closed."""
+    stream = client.commands.SubmitStream()
+    await stream.write(cs.SubmitRequest(command=command(aggregate_id, bank.OpenAccount(owner="ann"), user_id="")))
+    response = await stream.read()
+    assert response is not grpc.aio.EOF
+    return stream
+
+
+async def test_a_tenants_principals_together_hold_at_most_the_tenants_calls_in_flight(tmp_path: Path) -> None:
+    issuer = JwtIssuer()
+    # Room for three calls: without a tenant's limit, acme's three principals
+    # would take every one and globex would be refused TOO_MANY_REQUESTS.
+    settings = replace(
+        with_jwt_auth(tmp_path, issuer, POLICY),
+        jwt_tenant_claim="tenant",
+        max_concurrent_rpcs=3,
+        max_concurrent_rpcs_per_tenant=2,
+    )
+    async with (
+        running_server(MemoryStore(), settings=settings) as (app, _),
+        connect(app.address, interceptors=of(issuer, "acme-1", "acme")) as acme1,
+        connect(app.address, interceptors=of(issuer, "acme-2", "acme")) as acme2,
+        connect(app.address, interceptors=of(issuer, "acme-3", "acme")) as acme3,
+        connect(app.address, interceptors=of(issuer, "globex-1", "globex")) as globex,
+        connect(app.address, interceptors=bearer(issuer.token("root"))) as root,
+    ):
+        held = [await held_open(acme1, "acme:acc-1"), await held_open(acme2, "acme:acc-2")]
+        assert calls_of_tenant(app) == {"acme": 2}
+        # A third principal of acme, under its own quota (500), is refused: acme has 2 in flight.
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await acme3.submit(command("acme:acc-3", bank.OpenAccount(owner="ann"), user_id=""))
+        # The server's third place is another tenant's, and a principal's of no tenant.
+        assert (await globex.submit(command("globex:acc-1", bank.OpenAccount(owner="gus"), user_id=""))).version == 1
+        read = [
+            event async for event in root.events.ReadAggregate(ev.ReadAggregateRequest(aggregate_id="globex:acc-1"))
+        ]
+        assert [event.version for event in read] == [1]
+        # Closing one of acme's makes room for the next.
+        closing = held.pop()
+        await closing.done_writing()
+        assert await closing.read() is grpc.aio.EOF
+        await eventually(lambda: calls_of_tenant(app) == {"acme": 1}, what="acme's stream counted out")
+        assert (await acme3.submit(command("acme:acc-3", bank.OpenAccount(owner="ann"), user_id=""))).version == 1
+        held[0].cancel()
+        await eventually(lambda: calls_of_tenant(app) == {}, what="every call counted out")
+    details = details_of(raised.value)
+    assert (details.code, details.reason, details.retry) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "TENANT_TOO_MANY_REQUESTS",
+        True,
+    )
+    assert details.metadata == {"max_concurrent_rpcs_per_tenant": "2", "tenant": "acme"}
+
+
+async def test_a_tenants_subscriptions_are_not_its_calls_in_flight(tmp_path: Path) -> None:
+    issuer = JwtIssuer()
+    settings = replace(
+        with_jwt_auth(tmp_path, issuer, POLICY), jwt_tenant_claim="tenant", max_concurrent_rpcs_per_tenant=1
+    )
+    async with (
+        running_server(MemoryStore(), settings=settings) as (app, _),
+        connect(app.address, interceptors=of(issuer, "acme-1", "acme")) as acme1,
+        connect(app.address, interceptors=of(issuer, "acme-2", "acme")) as acme2,
+    ):
+        subscription = acme1.events.Subscribe(ev.SubscribeRequest())
+        assert (await subscription.read()).HasField("caught_up")
+        # acme's one place for calls is free: the subscription counts apart, as it does server-wide.
+        stream = await held_open(acme2, "acme:acc-1")
+        assert (calls_of_tenant(app), held_by_tenant(app)) == ({"acme": 1}, {"acme": 1})
+        stream.cancel()
+        subscription.cancel()
+
+
+async def test_with_no_tenants_limit_of_calls_a_tenant_is_held_to_its_principals_quotas_alone(tmp_path: Path) -> None:
+    issuer = JwtIssuer()
+    settings = replace(
+        with_jwt_auth(tmp_path, issuer, POLICY), jwt_tenant_claim="tenant", max_concurrent_rpcs_per_tenant=0
+    )
+    async with running_server(MemoryStore(), settings=settings) as (app, _), AsyncExitStack() as clients:
+        streams = []
+        for n in range(3):
+            acme = await clients.enter_async_context(connect(app.address, interceptors=of(issuer, f"acme-{n}", "acme")))
+            streams.append(await held_open(acme, f"acme:acc-{n}"))
+        assert calls_of_tenant(app) == {}  # not counted
+        for stream in streams:
+            stream.cancel()
