@@ -720,7 +720,16 @@ export class ChronicleClient {
    * Rejects with a ChronicleError; its `commandIds` names the id sent, so
    * after one that leaves the outcome unknown (DEADLINE_EXCEEDED,
    * UNAVAILABLE once the retries are spent) the same id sent again runs the
-   * command at most once and answers what it did.
+   * command at most once and answers what it did. FAILED_PRECONDITION
+   * AGGREGATE_FORGOTTEN for an aggregate that was forgotten, TENANT_SHREDDED
+   * for a new aggregate of a tenant whose master keys were destroyed
+   * (`metadata.aggregate_id`, `metadata.tenant`). RESOURCE_EXHAUSTED with a
+   * RetryInfo, retried after its delay as long as `retryForSeconds` allows:
+   * the server's, the caller's or its tenant's calls in flight at their most
+   * (TOO_MANY_REQUESTS, PRINCIPAL_TOO_MANY_REQUESTS, TENANT_TOO_MANY_REQUESTS),
+   * the caller's or its tenant's commands per second spent
+   * (PRINCIPAL_RATE_LIMITED, TENANT_RATE_LIMITED), the aggregate's queue
+   * full (AGGREGATE_QUEUE_FULL).
    */
   async submit(
     aggregateId,
@@ -1424,7 +1433,8 @@ export class ChronicleClient {
    * one of the two. Rejects NOT_FOUND AGGREGATE_NOT_FOUND if it has no
    * events (or had none at `atTime`), OUT_OF_RANGE VERSION_NOT_REACHED
    * (`metadata.current_version`) if it has not reached `atVersion`,
-   * INVALID_ARGUMENT INVALID_VERSION for an `atVersion` of 0. `minPosition`:
+   * INVALID_ARGUMENT INVALID_VERSION for an `atVersion` of 0,
+   * FAILED_PRECONDITION AGGREGATE_FORGOTTEN if it was forgotten. `minPosition`:
    * read your writes, as for `read`.
    */
   async getAggregate(aggregateId, { atVersion, atTime, minPosition = 0, signal, timeoutSeconds } = {}) {
@@ -1595,7 +1605,9 @@ export class ChronicleClient {
    * the group's ack timeout) comes again after the backoff. A stream ended
    * by what a subscription is reopened after (UNAVAILABLE or a CANCELLED we
    * did not ask for: a server stopping; RESOURCE_EXHAUSTED with a RetryInfo:
-   * a server at its --max-subscriptions, TOO_MANY_SUBSCRIPTIONS; ABORTED,
+   * a server at its --max-subscriptions, TOO_MANY_SUBSCRIPTIONS, or the
+   * caller or its tenant at its most, PRINCIPAL_TOO_MANY_SUBSCRIPTIONS,
+   * TENANT_TOO_MANY_SUBSCRIPTIONS; ABORTED,
    * CONSUMER_STALLED among them, said to `logger.warn`: this consumer took
    * no deliveries in and acked nothing for the group's ack timeout, and its
    * events went to the others; DEADLINE_EXCEEDED) is opened again, without a bound: after

@@ -83,7 +83,10 @@ export class Projections {
    * `minPosition` (a submit's `position`): wait until the projection has
    * applied the log that far. Rejects NOT_FOUND PROJECTION_NOT_FOUND or
    * DOCUMENT_NOT_FOUND; INVALID_ARGUMENT INVALID_KEY (empty, too long,
-   * control characters), INVALID_PROJECTION, POSITION_BEYOND_END.
+   * control characters), INVALID_PROJECTION, POSITION_BEYOND_END;
+   * FAILED_PRECONDITION DOCUMENT_FORGOTTEN for a key of a tenant whose
+   * master key was destroyed, of a tenant-keyed projection under encryption
+   * at rest (`metadata.projection`, `metadata.tenant`).
    */
   async document(projection, key, { minPosition = 0, signal, timeoutSeconds } = {}) {
     const request = { projection, key, min_position: minPosition };
@@ -99,7 +102,8 @@ export class Projections {
    * asked; `missing` the keys that hold nothing (yet), in the order asked;
    * `position` the projection's checkpoint at the (first) read.
    * Refusals and `minPosition` as for `document` (a tenant-scoped reader
-   * naming another tenant's key is refused the whole call, READ_DENIED).
+   * naming another tenant's key is refused the whole call, READ_DENIED;
+   * one key of a tenant whose master key was destroyed, DOCUMENT_FORGOTTEN).
    * Documents too large for one answer (the server's `unread_keys`) are
    * read by another call.
    */

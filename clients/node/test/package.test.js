@@ -72,6 +72,8 @@ async function run(): Promise<number> {
     console.log((await client.projections.document('p', 'k', bounds)).position, await client.reactions.dismissAll('r', bounds));
     for await (const one of client.submitStream([], { window: 8, ...bounds })) console.log(one.command_id);
     console.log((await client.reactions.list()).map((r) => r.name), pack('shop.v1.PlaceOrder', {}).type_url);
+    const fired: number = (await client.reactions.get('r', bounds)).deadlines_fired ?? 0;
+    console.log(fired);
     const settings = { ackTimeoutSeconds: 30, maxDeliveryAttempts: null };
     const group = await client.updateGroup('g', settings, { timeoutSeconds: 5 });
     console.log(group.name);

@@ -15,8 +15,11 @@ import { startServer } from './server.js';
 
 const RELAY = 'gates.relay';
 const NOTES = 'notes.names';
+const SAGA = 'saga.orders'; // tests/support/deadline_saga.py
 const PLUGINS = ['--no-example-plugins', '--plugin', 'tests.support.plugins:gates'];
 const SERVE = ['--anonymous-admin', ...PLUGINS, '--plugin', 'tests.support.reaction_notes:plugin'];
+const SAGA_PLUGIN = ['--no-example-plugins', '--plugin', 'tests.support.deadline_saga:plugin'];
+const SAGA_SERVE = ['--anonymous-admin', ...SAGA_PLUGIN, '--poll-seconds', '0.05'];
 // As much metadata as a client may give a command (60 entries of 4,000 bytes),
 // which the relay copies into every command it parks.
 const LARGE = Object.fromEntries(Array.from({ length: 60 }, (_, k) => [`note${k}`, 'x'.repeat(4000)]));
@@ -280,5 +283,29 @@ test("an operator's reaction calls take the admin grant", async () => {
       }
     },
     [...PLUGINS],
+  );
+});
+
+test("a reaction's status counts the deadlines that fired and those pending, the soonest a Date", async () => {
+  // tests/support/deadline_saga.py: an order named "after-N" is due N ms
+  // after it is placed, and its deadline, when it fires, cancels the order.
+  await withServer(
+    async (client) => {
+      const before = await client.reactions.get(SAGA);
+      assert.deepEqual([before.deadlines, before.deadlines_fired, before.next_deadline], [0, 0, null]);
+      await client.submit('o-1', 'box.v1.CreateBox', { name: 'after-1' }); // due at once
+      await eventually(async () => (await client.reactions.get(SAGA)).deadlines_fired === 1, "o-1's deadline fired");
+      const placed = Date.now();
+      await client.submit('o-2', 'box.v1.CreateBox', { name: 'after-1200000' }); // due in 20 minutes
+      await eventually(async () => (await client.reactions.get(SAGA)).deadlines === 1, "o-2's deadline scheduled");
+      const status = await client.reactions.get(SAGA);
+      assert.deepEqual([status.deadlines_fired, status.deadlines], [1, 1]); // o-2's pending, not fired
+      assert.ok(status.next_deadline instanceof Date, 'next_deadline is a Date');
+      const dueIn = status.next_deadline.getTime() - placed;
+      assert.ok(19 * 60_000 < dueIn && dueIn <= 20 * 60_000 + 1000, `o-2's due in 20 minutes, not ${dueIn} ms`);
+      const [listed] = (await client.reactions.list()).filter((one) => one.name === SAGA);
+      assert.equal(listed.deadlines_fired, 1);
+    },
+    SAGA_SERVE,
   );
 });

@@ -33,8 +33,11 @@ export type StatusCodeName =
 
 /**
  * An ErrorInfo reason: one of the client's own, a status code's name (no
- * ErrorInfo sent), or any reason the server documents (docs/errors in the
- * repository; a plugin's refusals bring reasons of their own, hence string).
+ * ErrorInfo sent), or any reason the server documents (with each RPC in the
+ * repository's protos/chronicle/v1, and in the methods' JSDoc here: e.g.
+ * AGGREGATE_FORGOTTEN, TENANT_SHREDDED, DOCUMENT_FORGOTTEN,
+ * TENANT_RATE_LIMITED, TENANT_TOO_MANY_REQUESTS, UNKNOWN_SIGNING_KEY; a
+ * plugin's refusals bring reasons of their own, hence string).
  */
 export type Reason =
   | ClientReason
