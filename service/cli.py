@@ -131,6 +131,7 @@ from service.api import forgotten
 from service.api.codec import check_id, check_stored_id
 from service.cli_parser import HintingParser
 from service.client.admin import FORGET_DEADLINE
+from service.client.retry import REFRESHABLE
 from service.errors import ChronicleError, ConfigurationError, InvalidInput
 from service.json_input import JsonInputError
 from service.progress import Reporter
@@ -1220,10 +1221,11 @@ TAIL_MAX_BACKOFF = 2.0
 # changes, and otherwise at most once in this many seconds.
 TAIL_REPORT_EVERY = 30.0
 # UNAUTHENTICATED reasons that a token file renewed meanwhile may cure: the
-# client SDK's ``retry.REFRESHABLE``; at most ``TAIL_STALE_TOKEN_ATTEMPTS``
-# failures in a row (the SDK's ``STALE_TOKEN_ATTEMPTS``): an agent that keeps
-# writing a stale token will not be cured by reading it again for ever.
-_STALE_TOKEN = frozenset({"TOKEN_EXPIRED", "INVALID_TOKEN", "UNKNOWN_API_KEY"})
+# client SDK's (``REFRESHABLE``, one list for both); at most
+# ``TAIL_STALE_TOKEN_ATTEMPTS`` failures in a row (the SDK's
+# ``STALE_TOKEN_ATTEMPTS``): an agent that keeps writing a stale token will
+# not be cured by reading it again for ever.
+_STALE_TOKEN = REFRESHABLE
 TAIL_STALE_TOKEN_ATTEMPTS = 5
 # The highest position a Subscribe takes (the stores' signed 64-bit integers).
 _MAX_POSITION = 2**63 - 1

@@ -40,8 +40,11 @@ T = TypeVar("T")
 
 # UNAUTHENTICATED reasons a fresh credential can cure: a token that expired
 # (a stream the server ended at its exp, too), or one signed with a key the
-# server rotated out. Retried only with ``refresh_credentials``.
-REFRESHABLE = frozenset({"TOKEN_EXPIRED", "INVALID_TOKEN", "UNKNOWN_API_KEY"})
+# server rotated out (INVALID_TOKEN with one key, UNKNOWN_SIGNING_KEY with a
+# key set: its kid withdrawn, or one the server has not fetched yet, which
+# it fetches in the background; a stream the withdrawal ended, too), an API
+# key it revoked. Retried only with ``refresh_credentials``.
+REFRESHABLE = frozenset({"TOKEN_EXPIRED", "INVALID_TOKEN", "UNKNOWN_SIGNING_KEY", "UNKNOWN_API_KEY"})
 # Attempts in a row that a stale credential may fail, when the policy sets
 # no ``max_attempts``: a token function that keeps returning a stale token
 # will not be cured by asking it again for ever.

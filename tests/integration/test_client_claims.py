@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -71,6 +72,7 @@ from service.client.routing import partition_of
 from service.store.memory import MemoryStore
 from tests.support.broken_calls import LoseFirstAnswers
 from tests.support.grpc_client import TEST_SETTINGS, running_server, with_jwt_auth
+from tests.support.jwks import KeyRing
 from tests.support.security import POLICY, Authority, JwtIssuer, api_key_file, write
 from tests.support.waiting import eventually
 
@@ -364,7 +366,7 @@ class Tokens:
         return self._tokens[min(self.asked, len(self._tokens)) - 1]
 
 
-@pytest.mark.parametrize("stale_reason", ["UNKNOWN_API_KEY", "INVALID_TOKEN"])
+@pytest.mark.parametrize("stale_reason", ["UNKNOWN_API_KEY", "INVALID_TOKEN", "UNKNOWN_SIGNING_KEY"])
 async def test_a_call_a_stale_token_failed_is_retried_with_the_token_functions_next(
     stale_reason: str, tmp_path: Path
 ) -> None:
@@ -373,11 +375,21 @@ async def test_a_call_a_stale_token_failed_is_retried_with_the_token_functions_n
         with_jwt_auth(tmp_path, issuer),
         api_keys_file=api_key_file(tmp_path / "keys.toml", [(ALICE_KEY, "alice", [])]),
     )
+    # A key set (its "current" key) in place of the one key: a token whose
+    # kid it no longer holds is UNKNOWN_SIGNING_KEY, not INVALID_TOKEN.
+    ring = KeyRing(issuer.issuer)
+    ring.add("current")
+    ring.add("withdrawn")
+    if stale_reason == "UNKNOWN_SIGNING_KEY":
+        settings = replace(
+            settings, jwt_key_file=write(tmp_path / "jwks.json", json.dumps({"keys": [ring.jwk("current")]}))
+        )
     stale, fresh = {
         # A revoked key, then the current one; a JWT signed with a key the
-        # server rotated out, then one it verifies.
+        # server rotated out, then one it verifies; the same with a key set.
         "UNKNOWN_API_KEY": ("chr_revoked-claims-test-key-0123456789abcdef012345", ALICE_KEY),
         "INVALID_TOKEN": (rotated_out.token("alice"), issuer.token("alice")),
+        "UNKNOWN_SIGNING_KEY": (ring.token("alice", kid="withdrawn"), ring.token("alice", kid="current")),
     }[stale_reason]
     tokens = Tokens(stale, fresh)
     async with running_server(MemoryStore(), settings=settings) as (app, _):

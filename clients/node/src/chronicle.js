@@ -448,7 +448,7 @@ function leave(stream) {
  * streaming, the routing client's too), or a function returning one or a
  * promise of one, asked again at every call and every reopened stream
  * (credentials.js). With a function, a call or stream that a stale token
- * failed (UNAUTHENTICATED: TOKEN_EXPIRED, INVALID_TOKEN, UNKNOWN_API_KEY) is
+ * failed (UNAUTHENTICATED: TOKEN_EXPIRED, INVALID_TOKEN, UNKNOWN_SIGNING_KEY, UNKNOWN_API_KEY) is
  * tried again with the token the function returns then, up to
  * STALE_TOKEN_ATTEMPTS (5) times in a row: a unary call or a read retried, a
  * subscription, a command stream or a group consumer reopened and resumed as

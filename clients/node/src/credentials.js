@@ -20,9 +20,12 @@ import { Problem } from './problem.js';
 
 // UNAUTHENTICATED reasons a fresh token can cure: one that expired (a stream
 // the server ended at its token's exp, too), one signed with a JWT key the
-// server rotated out, an API key it revoked. Retried only when the token is
-// a function, asked again at each attempt; a string would fail alike.
-export const REFRESHABLE = new Set(['TOKEN_EXPIRED', 'INVALID_TOKEN', 'UNKNOWN_API_KEY']);
+// server rotated out (INVALID_TOKEN with one key, UNKNOWN_SIGNING_KEY with a
+// key set: its kid withdrawn, or one the server has not fetched yet, which it
+// fetches in the background; a stream the withdrawal ended, too), an API key
+// it revoked. Retried only when the token is a function, asked again at each
+// attempt; a string would fail alike.
+export const REFRESHABLE = new Set(['TOKEN_EXPIRED', 'INVALID_TOKEN', 'UNKNOWN_SIGNING_KEY', 'UNKNOWN_API_KEY']);
 
 // setTimeout's longest delay; a deadline further off is not watched here.
 const LONGEST_TIMER_MS = 2 ** 31 - 1;

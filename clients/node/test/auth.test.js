@@ -201,6 +201,49 @@ test('a stale token is retried only when it comes from a function, a few times a
   }
 });
 
+test('a token whose signing key the key set no longer holds (UNKNOWN_SIGNING_KEY) is retried with the function\'s next', async () => {
+  // A server of its own verifying with a JSON Web Key Set: a token whose kid
+  // names a key it withdrew is UNKNOWN_SIGNING_KEY, not INVALID_TOKEN.
+  const current = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const withdrawn = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const keySet = { keys: [{ ...current.publicKey.export({ format: 'jwk' }), kid: 'current', use: 'sig', alg: 'ES256' }] };
+  const signed = (kid, { privateKey }) => {
+    const encode = (part) => Buffer.from(JSON.stringify(part)).toString('base64url');
+    const exp = Math.floor(Date.now() / 1000) + 300;
+    const data = `${encode({ alg: 'ES256', typ: 'JWT', kid })}.${encode({ sub: 'alice', iss: ISSUER, exp })}`;
+    const signature = crypto.sign('sha256', Buffer.from(data), { key: privateKey, dsaEncoding: 'ieee-p1363' });
+    return `${data}.${signature.toString('base64url')}`;
+  };
+  const rotated = await startServer({
+    args: [
+      '--auth',
+      '--policy-file',
+      privateFile('jwks-policy.toml', POLICY),
+      '--jwt-key-file',
+      privateFile('jwks.json', JSON.stringify(keySet)),
+      '--jwt-issuer',
+      ISSUER,
+    ],
+  });
+  const tokens = [signed('withdrawn', withdrawn), signed('current', current)];
+  let asked = 0;
+  const renewed = new ChronicleClient(rotated.address, { token: () => tokens[Math.min(asked++, 1)] });
+  const fixed = new ChronicleClient(rotated.address, { token: tokens[0] });
+  try {
+    const accountId = `acc-${randomUUID()}`;
+    assert.equal((await renewed.submit(accountId, 'bank.v1.OpenAccount', { owner: 'kim' })).version, 1);
+    assert.equal(asked, 2); // the withdrawn key's token, then the current one's, for the same command
+    await assert.rejects(
+      fixed.getAggregate(accountId),
+      (error) => error.code === 'UNAUTHENTICATED' && error.reason === 'UNKNOWN_SIGNING_KEY',
+    );
+  } finally {
+    renewed.close();
+    fixed.close();
+    await rotated.stop();
+  }
+});
+
 test(
   'short-lived JWTs from a token function: a subscription, a command stream and a group consumer go on across expiries',
   { timeout: 30_000 },
