@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import pytest
 
+from chronicle.v1 import admin_service_pb2 as admin
 from chronicle.v1 import command_service_pb2 as cs
 from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import subscription_group_service_pb2 as gpb
@@ -243,6 +244,8 @@ async def test_a_tenants_principals_together_hold_at_most_the_tenants_calls_in_f
             event async for event in root.events.ReadAggregate(ev.ReadAggregateRequest(aggregate_id="globex:acc-1"))
         ]
         assert [event.version for event in read] == [1]
+        audit = await root.admin.QueryAudit(admin.QueryAuditRequest(principal="acme-3"))
+        assert [entry.reason for entry in audit.entries] == ["TENANT_TOO_MANY_REQUESTS"]  # audited, as the principal's
         # Closing one of acme's makes room for the next.
         closing = held.pop()
         await closing.done_writing()
