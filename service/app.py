@@ -1017,16 +1017,18 @@ async def _check_master_keys(roles: Store, keyring: Keyring) -> None:
 
 async def _refuse_claim_scopes_switched(roles: Store, registry: Registry) -> None:
     """Do not start with a claims scope declared per tenant that holds
-    claims taken while it was global (CLAIM_SCOPE_SWITCHED): they would be
-    checked no more. A store that does not answer yet is not checked (the
-    declaration is new in a deploy that starts against a live store)."""
-    if not registry.per_tenant_claim_scopes:
+    claims taken while it was global, or one declared global that holds its
+    tenants' claims (CLAIM_SCOPE_SWITCHED): they would be checked no more.
+    A store that does not answer yet is not checked (the declaration is new
+    in a deploy that starts against a live store)."""
+    if not registry.per_tenant_claim_scopes and not registry.global_claim_scopes:
         return
     try:
-        await refuse_scopes_switched(roles.transfer, registry.per_tenant_claim_scopes)
+        await refuse_scopes_switched(roles.transfer, registry.per_tenant_claim_scopes, registry.global_claim_scopes)
     except StoreUnavailable:
         log.warning(
-            "the claims scopes declared per tenant were not checked for global claims: the store is unavailable"
+            "the claims scopes declared were not checked for claims stored the other way (global, per tenant):"
+            " the store is unavailable"
         )
     except ConfigurationError:
         await roles.lifecycle.close()

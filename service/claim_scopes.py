@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from service.errors import ClaimScopeSwitched, ClaimWithoutTenant
 from service.principal import tenant_of_id
+from service.store.base import TenantClaimsProbe
 from service.store.claim_scope_names import TENANT_SCOPE_MARK, declared_scope, scope_tenant, tenant_scope
 from service.store.records import ClaimChange
 
@@ -66,13 +67,26 @@ def stored_claims(
     return tuple(replace(c, scope=stored_scope(c.scope, aggregate_id, per_tenant)) for c in claims)
 
 
-async def refuse_scopes_switched(transfer: Transfer, per_tenant: frozenset[str]) -> None:
+async def refuse_scopes_switched(
+    transfer: Transfer, per_tenant: frozenset[str], global_scopes: frozenset[str] = frozenset()
+) -> None:
     """Raise ClaimScopeSwitched if a scope declared per tenant holds claims
-    stored globally (taken before the declaration): they would be checked
-    no more, so a value one aggregate holds could be taken again in its
-    tenant. One read per such scope: its global claims come right after
-    (scope, '') in (scope, value) order, whatever the collation."""
+    stored globally (taken before the declaration), or a scope declared
+    global holds claims stored per tenant (taken while it was per tenant):
+    either would be checked no more, so a value one aggregate holds could
+    be taken again. One read per scope. A scope's global claims come right
+    after (scope, '') in (scope, value) order, whatever the collation; its
+    tenants' claims are a range in code point order, which the store asks
+    for (``TenantClaimsProbe``), not a page in the database's collation: a
+    linguistic one ignores the mark at first, and interleaves them with
+    other scopes'. A store without that role (a plugin's adapter) has its
+    global scopes unchecked."""
     for scope in sorted(per_tenant):
         first = await transfer.claims_page((scope, ""), 1)
         if first and first[0].scope == scope:
             raise ClaimScopeSwitched(scope)
+    if not isinstance(transfer, TenantClaimsProbe):
+        return
+    for scope in sorted(global_scopes):
+        if await transfer.holds_tenant_claims(scope):
+            raise ClaimScopeSwitched(scope, per_tenant=False)

@@ -715,18 +715,28 @@ class ConfigurationError(ChronicleError):
 
 
 class ClaimScopeSwitched(ConfigurationError):
-    """A claims scope declared per tenant holds claims taken while it was
-    global: refused at start, not silently checked per tenant from then on
-    (docs/plugins.md, "Unique per tenant")."""
+    """A claims scope switched between global and per tenant over the claims
+    it holds: declared per tenant over claims taken while it was global, or
+    global again over its tenants' claims. Either way those claims would be
+    checked no more, so a value held could be claimed again: refused at
+    start (docs/plugins.md, "Unique per tenant"). ``declared`` in the
+    metadata says which way: what the scope is declared now."""
 
     default_reason = "CLAIM_SCOPE_SWITCHED"
 
-    def __init__(self, scope: str) -> None:
+    def __init__(self, scope: str, *, per_tenant: bool = True) -> None:
+        held = (
+            "holds claims taken while it was global"
+            if per_tenant
+            else "holds its tenants' claims, taken while it was per tenant"
+        )
+        declared = "per tenant" if per_tenant else "global"
+        back = "global" if per_tenant else "per tenant (per_tenant=True)"
         super().__init__(
-            f"claims scope {scope!r} is declared per tenant, but holds claims taken while it was global: they would"
-            " no longer be checked, so a value held could be claimed again. Declare it global again, or move its"
-            ' claims (docs/plugins.md, "Unique per tenant")',
-            metadata={"scope": scope},
+            f"claims scope {scope!r} is declared {declared}, but {held}: they would no longer be checked, so a value"
+            f' held could be claimed again. Declare it {back} again, or move its claims (docs/plugins.md, "Unique per'
+            ' tenant")',
+            metadata={"scope": scope, "declared": "per_tenant" if per_tenant else "global"},
         )
 
 

@@ -40,6 +40,9 @@ class Registry:
             self._add(plugin)
         # The claims scopes declared per tenant (service.claim_scopes).
         self.per_tenant_claim_scopes = frozenset(s for s, (per_tenant, _) in self._claim_scopes.items() if per_tenant)
+        # And those declared global (``per_tenant=False``): checked at start
+        # for tenants' claims, stored while they were per tenant.
+        self.global_claim_scopes = frozenset(s for s, (per_tenant, _) in self._claim_scopes.items() if not per_tenant)
         self._check_commands_are_not_events()
         self._check_upcasters()
         self._check_upcaster_chains()

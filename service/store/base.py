@@ -239,6 +239,18 @@ class ClaimRegistry(Protocol):
         clear one is dropped all the same: it can no longer be checked)."""
 
 
+@runtime_checkable
+class TenantClaimsProbe(Protocol):
+    """Whether a scope holds claims stored per tenant (a role of its own, so
+    that a plugin's adapter without it still serves: its scopes are then
+    not checked at start)."""
+
+    async def holds_tenant_claims(self, scope: str) -> bool:
+        """Whether any claim is stored under ``scope``, the tenant mark and
+        some tenant (``claim_scope_names.tenant_scope``): one index range,
+        in code point order whatever the database's collation."""
+
+
 class SnapshotStore(Protocol):
     """Aggregates' snapshots: an optimisation, never the truth."""
 

@@ -21,3 +21,10 @@ def declared_scope(stored: str) -> str:
 def scope_tenant(stored: str) -> str:
     """The tenant a stored scope is of ('' for a global scope's)."""
     return stored.partition(TENANT_SCOPE_MARK)[2]
+
+
+def tenant_scopes_range(scope: str) -> tuple[str, str]:
+    """The stored scopes of ``scope``'s tenants, in code point order: from
+    ``scope`` and the mark (included) to ``scope`` and the character after
+    the mark (excluded). A global scope's own claims are outside it."""
+    return scope + TENANT_SCOPE_MARK, scope + chr(ord(TENANT_SCOPE_MARK) + 1)

@@ -22,6 +22,7 @@ from service.store.base import (
     SnapshotKind,
     check_keep_snapshots,
 )
+from service.store.claim_scope_names import tenant_scopes_range
 from service.store.encryption import erased_record
 from service.store.importing import check_snapshots, claim_conflict, data_key_conflict, events_to_write
 from service.store.leasing import Fencing
@@ -560,6 +561,11 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
     ) -> list[HeldClaim]:
         chosen = sorted(key for key, owner in self._claims.items() if key > after and aggregate_id in (None, owner))
         return [HeldClaim(scope, value, self._claims[(scope, value)]) for scope, value in chosen[:limit]]
+
+    async def holds_tenant_claims(self, scope: str) -> bool:
+        """``base.TenantClaimsProbe``."""
+        low, high = tenant_scopes_range(scope)
+        return any(low <= stored < high for stored, _ in self._claims)
 
     async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
         return [self._commands[c] for c in sorted(c for c in self._commands if c > after)[:limit]]

@@ -134,7 +134,28 @@ async def test_a_scope_declared_per_tenant_over_global_claims_is_refused(store: 
     await store.append("acme:m-2", [new_event()], 0, claims=[ClaimChange(EMAIL, "old@x.example")])
     with pytest.raises(ClaimScopeSwitched) as switched:
         await refuse_scopes_switched(transfer, frozenset({EMAIL}))
-    assert (switched.value.reason, switched.value.metadata) == ("CLAIM_SCOPE_SWITCHED", {"scope": EMAIL})
+    assert (switched.value.reason, switched.value.metadata) == (
+        "CLAIM_SCOPE_SWITCHED",
+        {"scope": EMAIL, "declared": "per_tenant"},
+    )
+
+
+async def test_a_scope_declared_global_over_its_tenants_claims_is_refused(store: StoreAdapter) -> None:
+    """Neighbours in any order are not the scope's tenants' claims: its own
+    global ones, a longer scope's, another per-tenant scope it prefixes."""
+    transfer = Store.of(store).transfer
+    neighbours = [EMAIL, EMAIL + "acme", EMAIL + "\x1facme", EMAIL + ".old\x1eacme", "members\x1eacme"]
+    for n, scope in enumerate(neighbours):
+        await store.append(f"acme:n-{n}", [new_event()], 0, claims=[ClaimChange(scope, ANN)])
+    await refuse_scopes_switched(transfer, frozenset(), frozenset({EMAIL}))
+    await store.append("acme:m-1", [new_event()], 0, claims=[claim("acme")])
+    with pytest.raises(ClaimScopeSwitched) as switched:
+        await refuse_scopes_switched(transfer, frozenset(), frozenset({EMAIL}))
+    assert (switched.value.reason, switched.value.metadata) == (
+        "CLAIM_SCOPE_SWITCHED",
+        {"scope": EMAIL, "declared": "global"},
+    )
+    assert "declared global, but holds its tenants' claims" in switched.value.message
 
 
 async def test_rewrap_moves_a_tenants_key_of_a_scope_onto_the_tenants_master_key(store: StoreAdapter) -> None:

@@ -141,8 +141,26 @@ async def test_a_scope_declared_per_tenant_over_its_global_claims_does_not_start
     with pytest.raises(ConfigurationError) as switched:
         async with server(SqliteStore(path), None):
             pass
-    assert (switched.value.reason, switched.value.metadata) == ("CLAIM_SCOPE_SWITCHED", {"scope": EMAIL})
+    assert (switched.value.reason, switched.value.metadata) == (
+        "CLAIM_SCOPE_SWITCHED",
+        {"scope": EMAIL, "declared": "per_tenant"},
+    )
     async with server(SqliteStore(path), None, per_tenant=False) as client:  # declared as it was: starts
+        assert (await refused(client, "acme:m-2"))[1] == "NOT_UNIQUE"
+
+
+async def test_a_scope_declared_global_over_its_tenants_claims_does_not_start(site: Site) -> None:
+    async with server(site.store(), None) as client:
+        await register(client, "acme:m-1")
+        await register(client, "globex:m-1")  # per tenant: each its own
+    with pytest.raises(ConfigurationError) as switched:
+        async with server(site.store(), None, per_tenant=False):
+            pass
+    assert (switched.value.reason, switched.value.metadata) == (
+        "CLAIM_SCOPE_SWITCHED",
+        {"scope": EMAIL, "declared": "global"},
+    )
+    async with server(site.store(), None) as client:  # declared as it was: starts, and checks per tenant
         assert (await refused(client, "acme:m-2"))[1] == "NOT_UNIQUE"
 
 

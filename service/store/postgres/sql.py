@@ -860,6 +860,13 @@ CLAIMS_OF_PAGE = (
     "SELECT scope, value, aggregate_id FROM chronicle.claims WHERE aggregate_id = $1 AND (scope, value) > ($2, $3)"
     " ORDER BY scope, value LIMIT $4::bigint"
 )
+# Whether a scope holds tenants' claims: [$1, $2) is [scope + mark, scope +
+# the character after it) in code point order, on migration 30's partial
+# index (its predicate repeated, so that the planner may use it).
+TENANT_CLAIMS_OF_SCOPE = (
+    'SELECT 1 FROM chronicle.claims WHERE strpos(scope, chr(30)) > 0 AND scope COLLATE "C" >= $1'
+    ' AND scope COLLATE "C" < $2 LIMIT 1'
+)
 COMMANDS_PAGE = (
     f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE command_id > $1 ORDER BY command_id LIMIT $2::bigint"
 )

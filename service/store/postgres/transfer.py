@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from service.errors import ConcurrencyConflict, ImportRaced
+from service.store.claim_scope_names import tenant_scopes_range
 from service.store.importing import (
     DATA_KEY_CONFLICT,
     claim_conflict,
@@ -71,6 +72,10 @@ class TransferRole:
         else:
             found = await self._page("export", sql.CLAIMS_OF_PAGE, (aggregate_id, *after, limit))
         return [claim_from_row(row) for row in found]
+
+    async def holds_tenant_claims(self, scope: str) -> bool:
+        """``base.TenantClaimsProbe``."""
+        return bool(await self._page("check", sql.TENANT_CLAIMS_OF_SCOPE, tenant_scopes_range(scope)))
 
     async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
         return [command_from_row(row) for row in await self._page("export", sql.COMMANDS_PAGE, (after, limit))]

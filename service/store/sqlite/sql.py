@@ -482,6 +482,7 @@ SNAPSHOTS_OF_PAGE = (
 CLAIMS_PAGE = (
     "SELECT scope, value, aggregate_id FROM claims WHERE (scope, value) > (?, ?) ORDER BY scope, value LIMIT ?"
 )
+TENANT_CLAIMS_OF_SCOPE = "SELECT 1 FROM claims WHERE scope >= ? AND scope < ? LIMIT 1"
 CLAIMS_OF_PAGE = (
     "SELECT scope, value, aggregate_id FROM claims WHERE aggregate_id = ? AND (scope, value) > (?, ?)"
     " ORDER BY scope, value LIMIT ?"

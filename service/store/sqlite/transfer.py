@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from service.errors import ConcurrencyConflict
+from service.store.claim_scope_names import tenant_scopes_range
 from service.store.importing import check_snapshots, claim_conflict, data_key_conflict, events_to_write
 from service.store.notifier import CommitNotifier
 from service.store.records import (
@@ -70,6 +71,12 @@ class TransferRole:
             statement, params = sql.CLAIMS_OF_PAGE, (aggregate_id, *after, limit)
         rows = await self._writer.run(lambda db: db.execute(statement, params).fetchall())
         return [claim_from_row(row) for row in rows]
+
+    async def holds_tenant_claims(self, scope: str) -> bool:
+        """``base.TenantClaimsProbe``: on the claims' primary key, whose
+        text compares in code point order (BINARY)."""
+        bounds = tenant_scopes_range(scope)
+        return await self._writer.run(lambda db: db.execute(sql.TENANT_CLAIMS_OF_SCOPE, bounds).fetchone() is not None)
 
     async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
         rows = await self._writer.run(lambda db: db.execute(sql.COMMANDS_PAGE, (after, limit)).fetchall())
