@@ -44,6 +44,7 @@ from service.api.transfers import Transfers
 from service.audit import AuditLog, AuditMiddleware, SampledRefusals
 from service.claim_scopes import refuse_scopes_switched
 from service.cluster.addresses import WILDCARD_HOSTS, advertised_address, with_port
+from service.cluster.features_behind import FeaturesBehind
 from service.cluster.leases import KeeperLease, LeaseGroup, LeaseKeeper
 from service.cluster.ownership import Ownership, partition_group
 from service.console.load import LoadSampler
@@ -92,7 +93,7 @@ from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, refuse_if_sealed
 from service.store.factory import check_shared_by_processes, open_store, redacted_url, store_kind
-from service.store.features import ClusterFeatures
+from service.store.features import ClusterFeatures, FeatureReader
 from service.store.leasing import LeaseMember
 from service.store.schema_use import SchemaUse
 from service.transfer.sealing import import_sealing
@@ -300,6 +301,7 @@ class Application:
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
     pruner: Pruner | None = None
+    features_behind: FeaturesBehind | None = None
     security_reloader: SecurityReloader | None = None
     jwks: RemoteJwks | None = None  # the keys of --jwt-jwks-url
     refused: RefusedCommands | None = None
@@ -365,6 +367,8 @@ class Application:
         await self.projections.stop()  # an uncommitted batch is simply applied again later
         if self.pruner is not None:
             await self.pruner.stop()  # a batch is one transaction: done or not
+        if self.features_behind is not None:
+            await self.features_behind.stop()
         if self.refused is not None:
             await self.refused.close()  # the refusals counted in the last second
         await self.leases.stop(leave=True)
@@ -677,7 +681,10 @@ async def start(
         ]
     )
     ownership = Ownership(leases, settings.partitions)
-    cluster = ClusterService(ownership)
+    # Members of an older version that joined once a feature is on (a
+    # rollback): an ERROR line, GetTopology's mark and a metric.
+    features_behind = FeaturesBehind(adapter, ownership) if isinstance(adapter, FeatureReader) else None
+    cluster = ClusterService(ownership, behind=features_behind.behind if features_behind is not None else None)
     events = EventService(
         read_roles.events,
         executor.loader if standby is None else AggregateLoader(read_roles, registry),
@@ -901,6 +908,8 @@ async def start(
     )
     pruner.start()
     reactions.start()
+    if features_behind is not None:
+        features_behind.start()
     if security_reloader is not None:
         security_reloader.start()
     if jwks is not None:
@@ -947,6 +956,7 @@ async def start(
             held_projections=lambda: runs_here(projection_names),
             held_reactions=lambda: runs_here(reaction_names),
             cluster_members=lambda: leases.members(ownership.group.name),
+            members_behind_features=features_behind.count if features_behind is not None else lambda: 0,
             partitions_taken_over=lambda: leases.taken_over.get(ownership.group.name, 0),
         )
     # From now on a projection's or reaction's lease taken or given up is an
@@ -974,6 +984,7 @@ async def start(
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,
         pruner=pruner,
+        features_behind=features_behind,
         refused=refused_commands,
         gate=gate,
         rate_limits=rate_limits,

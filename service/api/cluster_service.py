@@ -6,7 +6,7 @@ partition (``not_owner_hint``)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -16,6 +16,7 @@ from chronicle.v1 import cluster_service_pb2_grpc as pb_grpc
 from service.cluster.hashing import HASH_NAME
 from service.cluster.ownership import Ownership, Topology
 from service.errors import StoreUnavailable
+from service.store.leasing import LeaseMember
 
 NOT_OWNER_KEY = "chronicle-not-owner"
 TOPOLOGY_EPOCH_KEY = "chronicle-topology-epoch"
@@ -25,7 +26,9 @@ _HASHES = {HASH_NAME: pb.PARTITION_HASH_CRC32}
 _RECHECK_SECONDS = 5.0
 
 
-def encode_topology(topology: Topology) -> pb.Topology:
+def encode_topology(topology: Topology, behind: frozenset[str] = frozenset()) -> pb.Topology:
+    """``behind``: the ids of the members behind the cluster features on
+    (``FeaturesBehind.behind``)."""
     return pb.Topology(
         epoch=topology.epoch,
         partition_count=topology.partition_count,
@@ -37,6 +40,7 @@ def encode_topology(topology: Topology) -> pb.Topology:
                 console_address=m.console,
                 version=m.version,
                 schema_version=m.schema_version,
+                behind_features=m.member_id in behind,
             )
             for m in topology.members
         ],
@@ -55,9 +59,20 @@ def not_owner_hint(ownership: Ownership, aggregate_id: str) -> tuple[tuple[str, 
 
 
 class ClusterService(pb_grpc.ClusterServiceServicer):
-    def __init__(self, ownership: Ownership) -> None:
+    def __init__(
+        self,
+        ownership: Ownership,
+        *,
+        behind: Callable[[Sequence[LeaseMember]], Sequence[LeaseMember]] | None = None,
+    ) -> None:
         self._ownership = ownership
+        self._behind = behind  # members behind the cluster features (None: the store has none)
         self._closing = asyncio.Event()
+
+    def _topology(self) -> pb.Topology:
+        topology = self._ownership.topology()
+        behind = frozenset(m.member_id for m in self._behind(topology.members)) if self._behind else frozenset()
+        return encode_topology(topology, behind)
 
     def close(self) -> None:
         """End every WatchTopology stream (UNAVAILABLE, SHUTTING_DOWN), so a
@@ -67,7 +82,7 @@ class ClusterService(pb_grpc.ClusterServiceServicer):
     async def GetTopology(
         self, request: pb.GetTopologyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetTopologyResponse:
-        return pb.GetTopologyResponse(topology=encode_topology(self._ownership.topology()))
+        return pb.GetTopologyResponse(topology=self._topology())
 
     async def WatchTopology(
         self, request: pb.WatchTopologyRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -77,7 +92,7 @@ class ClusterService(pb_grpc.ClusterServiceServicer):
             sent: pb.Topology | None = None
             while not self._closing.is_set():
                 version = self._ownership.version
-                topology = encode_topology(self._ownership.topology())
+                topology = self._topology()
                 if topology != sent:
                     yield pb.WatchTopologyResponse(topology=topology)
                     sent = topology

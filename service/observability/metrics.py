@@ -234,6 +234,12 @@ class Metrics:
             "Live replicas (members of the partitions' lease group) as this replica's last heartbeat saw them",
             registry=r,
         )
+        self.cluster_members_behind_features = Gauge(
+            "chronicle_cluster_members_behind_features",
+            "Live replicas of a version that does not honour the cluster features on (a rollback, or an old replica"
+            " that joined late): they read what the features write as absent (docs/deployment.md)",
+            registry=r,
+        )
         self.held_runners = Gauge(
             "chronicle_held_runner_leases",
             "Projections and reactions this replica runs (holds the lease of), by kind",
@@ -330,6 +336,7 @@ class Metrics:
         held_projections: Callable[[], int],
         held_reactions: Callable[[], int],
         cluster_members: Callable[[], int] = lambda: 0,
+        members_behind_features: Callable[[], int] = lambda: 0,
         partitions_taken_over: Callable[[], int] = lambda: 0,
     ) -> None:
         """This replica's state, read at scrape time: the store's health, the
@@ -337,6 +344,7 @@ class Metrics:
         members it sees, and the partitions it took from members whose
         membership expired (replicas that died rather than stopped)."""
         self.cluster_members.set_function(cluster_members)
+        self.cluster_members_behind_features.set_function(members_behind_features)
         self.registry.register(
             _CountCollector(
                 "chronicle_partitions_taken_over",

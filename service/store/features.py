@@ -46,6 +46,23 @@ class ClusterFeatures(Protocol):
         ...
 
 
+@runtime_checkable
+class FeatureReader(Protocol):
+    """Which features are on, and below which schema a server does not
+    honour them: what a newer server checks the live members against
+    (service/cluster/features_behind.py), a role apart from turning them on
+    so that a writer's stand-in need not read."""
+
+    def features_schema(self) -> int:
+        """This store's ``FEATURES_SINCE``: a live server knowing a schema
+        below it does not read what the features on write."""
+        ...
+
+    async def features_on(self) -> frozenset[str]:
+        """The features turned on (for good)."""
+        ...
+
+
 def features_since(migrations: Sequence[Migration]) -> int:
     """The schema version of the migration that made ``cluster_features``
     (found by its name, so that renumbering it needs nothing else): the

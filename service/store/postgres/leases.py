@@ -60,6 +60,15 @@ class LeasesRole:
         )
         return bool(rows(results[1]))
 
+    def features_schema(self) -> int:
+        """``features.FeatureReader``."""
+        return features_since(known_migrations())
+
+    async def features_on(self) -> frozenset[str]:
+        """``features.FeatureReader``."""
+        (result,) = await self._lease_db.run("features_on", [Statement(sql.FEATURES_ON.encode(), ())], read_only=True)
+        return frozenset(str(row[0]) for row in rows(result))
+
     async def leave_group(self, group: str, member_id: str) -> None:
         await self._lease_db.run(
             "leave_group",

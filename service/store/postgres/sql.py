@@ -660,6 +660,7 @@ ENABLE_FEATURE = (
     " ON CONFLICT (name) DO NOTHING"
 )
 FEATURE_ENABLED = "SELECT 1 FROM chronicle.cluster_features WHERE name = $1"
+FEATURES_ON = "SELECT name FROM chronicle.cluster_features"
 RELEASE_ALL_LEASES = (
     "UPDATE chronicle.leases SET owner = NULL, epoch = epoch + 1, expires_at = '-infinity'"
     " WHERE lease_group = $1 AND owner = $2"

@@ -60,6 +60,16 @@ class LeasesRole:
         """``features.ClusterFeatures``, in one write transaction."""
         return await self._lease_writer.run(_enable_feature, name)
 
+    def features_schema(self) -> int:
+        """``features.FeatureReader``."""
+        return features_since(MIGRATIONS)
+
+    async def features_on(self) -> frozenset[str]:
+        """``features.FeatureReader``."""
+        return await self._lease_writer.run(
+            lambda db: frozenset(str(row[0]) for row in db.execute(sql.FEATURES_ON).fetchall())
+        )
+
 
 def _enable_feature(db: sqlite3.Connection, name: str) -> bool:
     with writing(db):

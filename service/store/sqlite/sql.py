@@ -647,6 +647,7 @@ ENABLE_FEATURE = (
     " ON CONFLICT (name) DO NOTHING"
 )
 FEATURE_ENABLED = "SELECT 1 FROM cluster_features WHERE name = ?"
+FEATURES_ON = "SELECT name FROM cluster_features"
 RELEASE_ALL_LEASES = (
     "UPDATE leases SET owner = NULL, epoch = epoch + 1, expires_at_us = 0 WHERE lease_group = ? AND owner = ?"
 )
