@@ -67,6 +67,8 @@ and the other does not can shift them):
     29 (SQLite 25) a feature the servers turned on for good
        (service/store/features.py: tenants' keys of read models' documents);
        before: none, so on only once no server older than it is live
+    (PostgreSQL's 25 and 30 hold no new kind: indexes only, of aggregate
+    ids and of tenants' claims' scopes in code point order)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
