@@ -1,5 +1,6 @@
 """A live member of a version that does not honour the cluster features on
-(service/cluster/features_behind.py): a real server on PostgreSQL, and an
+(service/cluster/features_behind.py): a real server on PostgreSQL and on a
+SQLite file, and an
 old replica as the store sees one (a member whose schema is below the
 features table's, joined in the store as the contract tests join one).
 Once a feature is on, the server logs an ERROR naming it and what to do,
@@ -12,21 +13,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from chronicle.v1 import cluster_service_pb2 as pb
 from chronicle.v1 import cluster_service_pb2_grpc as pb_grpc
 from service.app import Application
+from service.store.base import StoreAdapter
 from service.store.features import TENANT_DOCUMENT_KEYS
 from service.store.postgres.store import PostgresStore
+from service.store.sqlite.store import SqliteStore
 from tests.contract.test_cluster_features_contract import join, since
-from tests.support.cluster import replica
-from tests.support.grpc_client import Client
+from tests.support.cluster import LEASE
+from tests.support.grpc_client import Client, running_server
 from tests.support.metrics import sample, scrape
 from tests.support.waiting import eventually
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.postgres]
+pytestmark = pytest.mark.asyncio
 
 OLD = "old-replica"
 WATCH = "service.cluster.features_behind"
@@ -57,9 +63,35 @@ def errors() -> Iterator[_Seen]:
         logger.removeHandler(seen)
 
 
+@dataclass
+class Site:
+    """A server's store, and another store on the same database that joins
+    the old member and turns the feature on, as another process would."""
+
+    kind: str
+    url: str
+
+    def server_store(self) -> StoreAdapter:
+        return PostgresStore(self.url, pool_size=4) if self.kind == "postgres" else SqliteStore(Path(self.url))
+
+    @asynccontextmanager
+    async def server(self) -> AsyncIterator[tuple[Application, Client]]:
+        async with running_server(
+            self.server_store(), lease_seconds=LEASE, poll_seconds=0.2, metrics_listen="127.0.0.1:0"
+        ) as served:
+            yield served
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
+    if request.param == "postgres":
+        return Site("postgres", request.getfixturevalue("postgres_url"))
+    return Site("sqlite", str(tmp_path / "events.db"))
+
+
 @pytest.fixture
-async def store(postgres_url: str) -> AsyncIterator[PostgresStore]:
-    opened = PostgresStore(postgres_url, pool_size=2)
+async def store(site: Site) -> AsyncIterator[PostgresStore | SqliteStore]:
+    opened = PostgresStore(site.url, pool_size=2) if site.kind == "postgres" else SqliteStore(Path(site.url))
     await opened.open()
     try:
         yield opened
@@ -78,9 +110,9 @@ async def behind_metric(app: Application) -> float:
 
 
 async def test_an_old_member_joining_once_a_feature_is_on_is_logged_marked_and_counted(
-    postgres_url: str, store: PostgresStore, errors: _Seen
+    site: Site, store: PostgresStore | SqliteStore, errors: _Seen
 ) -> None:
-    async with replica(postgres_url, metrics_listen="127.0.0.1:0") as (app, client):
+    async with site.server() as (app, client):
         assert await store.enable_feature(TENANT_DOCUMENT_KEYS)  # no old replica live: on
         await join(store, app.ownership.group.name, OLD, schema=since(store) - 1)  # then one comes (a rollback)
         await asyncio.wait_for(errors.event.wait(), 20)
@@ -101,9 +133,9 @@ async def test_an_old_member_joining_once_a_feature_is_on_is_logged_marked_and_c
 
 
 async def test_an_old_member_before_any_feature_is_on_is_a_rolling_upgrades_replica(
-    postgres_url: str, store: PostgresStore, errors: _Seen
+    site: Site, store: PostgresStore | SqliteStore, errors: _Seen
 ) -> None:
-    async with replica(postgres_url, metrics_listen="127.0.0.1:0") as (app, client):
+    async with site.server() as (app, client):
         await join(store, app.ownership.group.name, OLD, schema=since(store) - 1)
 
         async def joined() -> bool:
