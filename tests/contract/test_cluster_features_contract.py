@@ -16,7 +16,7 @@ from service.errors import DocumentForgotten
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, new_master_key, projection_key_id, tenant_projection_key_id
-from service.store.features import TENANT_DOCUMENT_KEYS, ClusterFeatures, features_since
+from service.store.features import TENANT_DOCUMENT_KEYS, ClusterFeatures, FeatureReader, features_since
 from service.store.grouping import consumer_group
 from service.store.leasing import LeaseMember
 from service.store.postgres.migrations import known_migrations
@@ -86,6 +86,19 @@ async def test_a_feature_waits_for_every_older_server_and_stays_on_once_on(store
     await join(store, "projections", "old", schema=since(store) - 1)
     assert await features.enable_feature(TENANT_DOCUMENT_KEYS)
     assert not await features.enable_feature("another")  # each feature by its name
+
+
+async def test_the_features_on_are_read_with_the_schema_below_which_a_server_does_not_honour_them(
+    store: StoreAdapter,
+) -> None:
+    """``FeatureReader``: what the newer servers check the live members
+    against (service/cluster/features_behind.py)."""
+    features = features_of(store)
+    assert isinstance(store, FeatureReader)
+    assert store.features_schema() == since(store)
+    assert await store.features_on() == frozenset()
+    assert await features.enable_feature(TENANT_DOCUMENT_KEYS)
+    assert await store.features_on() == {TENANT_DOCUMENT_KEYS}
 
 
 async def test_a_server_of_a_version_before_member_versions_holds_it_back(store: StoreAdapter) -> None:
