@@ -93,12 +93,15 @@ async def test_two_servers_on_one_sqlite_file_share_a_group_and_a_projection_and
 
                 await eventually(all_committed, within=30, what="the group's acknowledged count at every event")
 
-                # One process runs the projection; both name it.
+                # One process runs the projection; both name it (the other
+                # once its view of the leases has caught up).
                 async def one_runner() -> bool:
                     statuses = [await _projection(client, PROJECTION) for client in raw]
-                    return [s.running for s in statuses].count(True) == 1
+                    running = [n for n, s in enumerate(statuses) if s.running]
+                    named = {s.runner for s in statuses}
+                    return len(running) == 1 and named == {servers[running[0]].address}
 
-                await eventually(one_runner, within=30, what="one process running the projection")
+                await eventually(one_runner, within=30, what="one process running the projection, named by both")
                 statuses = [await _projection(client, PROJECTION) for client in raw]
                 runner = next(n for n, s in enumerate(statuses) if s.running)
                 assert [s.runner for s in statuses] == [servers[runner].address] * 2
