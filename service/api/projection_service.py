@@ -4,6 +4,9 @@ reached a position), their progress and parked events, and rebuilding one."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeGuard
 
@@ -54,6 +57,13 @@ MAX_KEYS_PER_READ = 100
 # its cost is bounded by the limit, never a scan of a table of any size.
 DEFAULT_COUNT_LIMIT = 10_000
 MAX_COUNT_LIMIT = 1_000_000
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What came of an administrator's action, for its audit entry."""
+
+    message: str = ""
 
 
 class ProjectionService(pb_grpc.ProjectionServiceServicer):
@@ -417,16 +427,31 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             next_page_token=make_token(listing, p=page[-1].position, e=page[-1].event_id) if more else "",
         )
 
+    @asynccontextmanager
+    async def _audited(self, rpc: str, name: str) -> AsyncIterator[_Outcome]:
+        """An administrator's action on a projection, audited under its name
+        ("projection:NAME", where QueryAudit's aggregate_id filter finds it):
+        refused (any ChronicleError, with its reason and message), or done,
+        with what came of it in the outcome's message. As ReactionService's
+        ``_audited`` does for reactions."""
+        action = f"{SERVICE}/{rpc}"
+        principal = current_principal.get().name
+        target = f"projection:{name[:MAX_ID_LENGTH]}"
+        outcome = _Outcome()
+        try:
+            yield outcome
+        except ChronicleError as error:
+            if self._audit is not None:
+                await self._audit.admin_action(action, principal=principal, aggregate_id=target, error=error)
+            raise
+        if self._audit is not None:
+            await self._audit.admin_action(action, principal=principal, aggregate_id=target, message=outcome.message)
+
     async def RebuildProjection(
         self, request: pb.RebuildProjectionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RebuildProjectionResponse:
-        principal = current_principal.get()
-        action = f"{SERVICE}/RebuildProjection"
-        # Audited under the projection's name, where QueryAudit's aggregate_id
-        # filter finds it: "projection:NAME".
-        target = f"projection:{request.name[:MAX_ID_LENGTH]}"
-        try:
-            self._authorizer.check_admin(principal, "rebuild projections")
+        async with self._audited("RebuildProjection", request.name):
+            self._authorizer.check_admin(current_principal.get(), "rebuild projections")
             projection = await self._projection("name", request.name)
             head = await self._log.log_head()
             # The documents built from now on are of this replica's
@@ -435,12 +460,6 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             # A failure it stood still at, stored for every replica, is not
             # one of the rebuild's (a fixed plugin may pass it): met again, stored again.
             await clear_failure(self._documents, projection.name, None)
-        except ChronicleError as error:
-            if self._audit is not None:
-                await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, error=error)
-            raise
-        if self._audit is not None:
-            await self._audit.admin_action(action, principal=principal.name, aggregate_id=target)
         runner = self._projections.runners.get(projection.name)
         if runner is not None:
             runner.rebuilt()  # here: at once; on another replica, at its next look
@@ -449,11 +468,8 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
     async def SkipEvent(
         self, request: pb.SkipEventRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SkipEventResponse:
-        principal = current_principal.get()
-        action = f"{SERVICE}/SkipEvent"
-        target = f"projection:{request.projection[:MAX_ID_LENGTH]}"
-        try:
-            self._authorizer.check_admin(principal, "skip a projection's event")
+        async with self._audited("SkipEvent", request.projection) as outcome:
+            self._authorizer.check_admin(current_principal.get(), "skip a projection's event")
             projection = await self._projection("projection", request.projection)
             position = check_version("position", request.position, reason="INVALID_POSITION")
             if position == 0:
@@ -465,33 +481,18 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
                     metadata={"projection": projection.name, "runner": ""},
                 )
             parked = await runner.skip(position)
-        except ChronicleError as error:
-            if self._audit is not None:
-                await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, error=error)
-            raise
-        if self._audit is not None:
             # Not the error: its text may quote the event, which a forget erases from the store, not from here.
-            message = f"parked {parked.event_type} {parked.event_id} at position {parked.position}"
-            await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, message=message)
+            outcome.message = f"parked {parked.event_type} {parked.event_id} at position {parked.position}"
         return pb.SkipEventResponse(parked=_parked(parked))
 
     async def DeleteProjection(
         self, request: pb.DeleteProjectionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeleteProjectionResponse:
-        principal = current_principal.get()
-        action = f"{SERVICE}/DeleteProjection"
-        target = f"projection:{request.name[:MAX_ID_LENGTH]}"
-        try:
-            self._authorizer.check_admin(principal, "delete projections")
+        async with self._audited("DeleteProjection", request.name) as outcome:
+            self._authorizer.check_admin(current_principal.get(), "delete projections")
             name = check_id("name", request.name, reason="INVALID_PROJECTION")
             deleted = await delete_stored(self._registry, self._documents, name)
-        except ChronicleError as error:
-            if self._audit is not None:
-                await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, error=error)
-            raise
-        if self._audit is not None:
-            message = f"{deleted} documents and parked events deleted"
-            await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, message=message)
+            outcome.message = f"{deleted} documents and parked events deleted"
         return pb.DeleteProjectionResponse(deleted=deleted)
 
 
