@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -93,6 +94,14 @@ _SCHEMA_STATE = (
     f"SELECT version, (to_jsonb(m) ->> 'compatible_from')::integer FROM {SCHEMA}.schema_migrations AS m"
     " ORDER BY version DESC LIMIT 1"
 ).encode()
+
+
+@functools.cache
+def _newest_known() -> int:
+    """The newest migration this code knows (its scripts read once: every
+    writable ping asks, and reading them took the event loop about a
+    millisecond)."""
+    return known_migrations()[-1].version
 
 
 class Database:
@@ -183,7 +192,7 @@ class Database:
         if version != self.schema_version:
             log.info("PostgreSQL schema now at version %d (was %s)", version, self.schema_version)
             self.schema_version = version
-        newest = known_migrations()[-1].version
+        newest = _newest_known()
         if floor <= newest:
             if self._stranded:
                 log.warning("the schema's compatibility floor (%d) is within this replica's code again", floor)
