@@ -1,7 +1,7 @@
-"""A feature the servers turn on for good once no live server of an older
-version is left (service/store/features.py), on the stores that record
-them (SQLite, PostgreSQL; the memory store serves one process), and the one
-it gates: a tenant_keyed read model's documents under tenants' keys, which
+"""A feature the servers turn on for good once no live server of a version
+before it is left (service/store/features.py), each by its own migration,
+on the stores that record them (SQLite, PostgreSQL; the memory store
+serves one process), and the one it gates: a tenant_keyed read model's documents under tenants' keys, which
 Chronicle 0.3.0 does not read (service/store/document_ciphers.py,
 docs/deployment.md "Upgrading and rolling back")."""
 
@@ -16,11 +16,20 @@ from service.errors import DocumentForgotten
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, new_master_key, projection_key_id, tenant_projection_key_id
-from service.store.features import TENANT_DOCUMENT_KEYS, ClusterFeatures, FeatureReader, features_since
+from service.store.features import (
+    FEATURES,
+    TENANT_DOCUMENT_KEYS,
+    ClusterFeatures,
+    Feature,
+    FeatureReader,
+    UnknownFeature,
+    feature_since,
+)
 from service.store.grouping import consumer_group
 from service.store.leasing import LeaseMember
 from service.store.postgres.migrations import known_migrations
 from service.store.postgres.store import PostgresStore
+from service.store.sql_common import Migration
 from service.store.sqlite.migrations import MIGRATIONS
 from service.store.sqlite.store import SqliteStore
 from service.store_contract.test_encrypted import Encrypted
@@ -39,9 +48,47 @@ def features_of(store: StoreAdapter) -> ClusterFeatures:
     return store
 
 
-def since(store: StoreAdapter) -> int:
-    """The schema the features table came with: 0.3.0's servers know the one before."""
-    return features_since(known_migrations() if isinstance(store, PostgresStore) else MIGRATIONS)
+def migrations_of(store: StoreAdapter) -> list[Migration]:
+    return known_migrations() if isinstance(store, PostgresStore) else MIGRATIONS
+
+
+def since(store: StoreAdapter, feature: str = TENANT_DOCUMENT_KEYS) -> int:
+    """The schema from which servers honour ``feature`` (tenant_document_keys:
+    the features table's; 0.3.0's servers know the one before)."""
+    return feature_since(feature, migrations_of(store))
+
+
+def declare_two(store: StoreAdapter, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """Two features declared for the test, as a later version would add
+    them: the first since this store's migration before its newest, the
+    second since its newest (as if a version after it made the migration)."""
+    before_newest, newest = migrations_of(store)[-2:]
+    for name, migration in (("early_marks", before_newest), ("later_marks", newest)):
+        monkeypatch.setitem(FEATURES, name, Feature(name, since=migration.name, behind=f"it reads {name} as absent"))
+    return "early_marks", "later_marks"
+
+
+async def _update_member(
+    store: StoreAdapter, group: str, member_id: str, *, postgres: str, sqlite: str, values: tuple[int, ...] = ()
+) -> None:
+    """Changes ``member_id``'s row as its store would not (an older
+    server's, a lapse): ``postgres`` / ``sqlite``, the SET clause (a
+    constant of this module), ``values`` its parameters."""
+    if isinstance(store, PostgresStore):
+        async with await psycopg.AsyncConnection.connect(store.url) as session:
+            await session.execute(
+                f"UPDATE chronicle.lease_members SET {postgres} WHERE lease_group = %s AND member_id = %s",
+                (*values, group, member_id),
+            )
+            await session.commit()
+    else:
+        assert isinstance(store, SqliteStore)
+        with sqlite3.connect(store._path) as db:
+            db.execute(
+                f"UPDATE lease_members SET {sqlite} WHERE lease_group = ? AND member_id = ?",
+                (*values, group, member_id),
+            )
+        db.close()
 
 
 async def join(store: StoreAdapter, group: str, member_id: str, *, schema: int | None = None) -> None:
@@ -49,29 +96,24 @@ async def join(store: StoreAdapter, group: str, member_id: str, *, schema: int |
     ``schema`` (None: this one's) would: a store writes the schema its own
     code knows, so an older server's is set in its row afterwards."""
     await store.renew_leases(group, LeaseMember(member_id, f"{member_id}:50051"), [], TTL)
-    if schema is None:
-        return
-    if isinstance(store, PostgresStore):
-        async with await psycopg.AsyncConnection.connect(store.url) as session:
-            await session.execute(
-                "UPDATE chronicle.lease_members SET schema_version = %s WHERE lease_group = %s AND member_id = %s",
-                (schema, group, member_id),
-            )
-            await session.commit()
-    else:
-        assert isinstance(store, SqliteStore)
-        with sqlite3.connect(store._path) as db:
-            db.execute(
-                "UPDATE lease_members SET schema_version = ? WHERE lease_group = ? AND member_id = ?",
-                (schema, group, member_id),
-            )
-        db.close()
+    if schema is not None:
+        await _update_member(
+            store, group, member_id, postgres="schema_version = %s", sqlite="schema_version = ?", values=(schema,)
+        )
+
+
+async def lapse(store: StoreAdapter, group: str, member_id: str) -> None:
+    """``member_id``'s membership lapses, as a server's that died without
+    leaving does a lease time after its last heartbeat."""
+    await _update_member(
+        store, group, member_id, postgres="expires_at = now() - interval '1 second'", sqlite="expires_at_us = 0"
+    )
 
 
 async def test_the_table_came_with_the_newest_migration_but_none_before() -> None:
     # What an older server knows is below it: 0.3.0 knew PostgreSQL's 28 and SQLite's 24.
-    assert features_since(known_migrations()) > 28
-    assert features_since(MIGRATIONS) > 24
+    assert feature_since(TENANT_DOCUMENT_KEYS, known_migrations()) > 28
+    assert feature_since(TENANT_DOCUMENT_KEYS, MIGRATIONS) > 24
 
 
 async def test_a_feature_waits_for_every_older_server_and_stays_on_once_on(store: StoreAdapter) -> None:
@@ -85,7 +127,30 @@ async def test_a_feature_waits_for_every_older_server_and_stays_on_once_on(store
     # Never off again: an older server back (a rollback) does not turn it off.
     await join(store, "projections", "old", schema=since(store) - 1)
     assert await features.enable_feature(TENANT_DOCUMENT_KEYS)
-    assert not await features.enable_feature("another")  # each feature by its name
+
+
+async def test_a_feature_of_a_later_migration_waits_for_the_servers_that_honour_only_earlier_ones(
+    store: StoreAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each feature by its own migration: a server that honours the
+    features of its version holds back only those added after it (0.4.0,
+    schema 30 on PostgreSQL, holds back a feature of 0.5.0's migration 31)."""
+    features = features_of(store)
+    early, later = declare_two(store, monkeypatch)
+    await join(store, "projections", "older", schema=since(store, later) - 1)
+    assert since(store, early) <= since(store, later) - 1  # it honours the early one
+    assert await features.enable_feature(early)
+    assert not await features.enable_feature(later)
+    await lapse(store, "projections", "older")  # died: a lease time later, not live
+    assert await features.enable_feature(later)
+
+
+async def test_an_undeclared_feature_is_a_mistake_in_the_code_and_turns_nothing_on(store: StoreAdapter) -> None:
+    features = features_of(store)
+    with pytest.raises(UnknownFeature, match="another"):
+        await features.enable_feature("another")
+    assert isinstance(store, FeatureReader)
+    assert await store.features_on() == frozenset()
 
 
 async def test_the_features_on_are_read_with_the_schema_below_which_a_server_does_not_honour_them(
@@ -95,7 +160,7 @@ async def test_the_features_on_are_read_with_the_schema_below_which_a_server_doe
     against (service/cluster/features_behind.py)."""
     features = features_of(store)
     assert isinstance(store, FeatureReader)
-    assert store.features_schema() == since(store)
+    assert store.feature_schemas() == {TENANT_DOCUMENT_KEYS: since(store)}
     assert await store.features_on() == frozenset()
     assert await features.enable_feature(TENANT_DOCUMENT_KEYS)
     assert await store.features_on() == {TENANT_DOCUMENT_KEYS}

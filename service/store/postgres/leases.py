@@ -8,11 +8,11 @@ leaves it (PostgreSQL re-checks the condition on the row it waited for)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from psycopg.pq.abc import PGresult
 
-from service.store.features import features_since
+from service.store.features import feature_schemas, feature_since
 from service.store.grouping import GROUP_LEASE_PREFIX
 from service.store.leasing import Lease, LeaseMember, LeaseView
 from service.store.postgres import sql
@@ -54,7 +54,7 @@ class LeasesRole:
     async def enable_feature(self, name: str) -> bool:
         """``features.ClusterFeatures``: one transaction, so the live
         members it checks are those of the moment it turns ``name`` on."""
-        since = features_since(known_migrations())
+        since = feature_since(name, known_migrations())
         results = await self._lease_db.run(
             "enable_feature",
             [
@@ -64,9 +64,9 @@ class LeasesRole:
         )
         return bool(rows(results[1]))
 
-    def features_schema(self) -> int:
+    def feature_schemas(self) -> Mapping[str, int]:
         """``features.FeatureReader``."""
-        return features_since(known_migrations())
+        return feature_schemas(known_migrations())
 
     async def features_on(self) -> frozenset[str]:
         """``features.FeatureReader``."""

@@ -650,10 +650,11 @@ LEAVE_GROUP = "DELETE FROM chronicle.lease_members WHERE lease_group = $1 AND me
 
 # -- cluster features (service/store/features.py, migration 29) -------------
 #
-# $1: the feature; $2: the schema that made the table (FEATURES_SINCE); $3,
-# $4: the length of GROUP_LEASE_PREFIX and it (a subscription group's
-# members are its consumers, not servers). Turned on only while no live
-# server knows a schema below $2 (0: a version from before migration 24).
+# $1: the feature; $2: the schema from which servers honour it
+# (features.feature_since); $3, $4: the length of GROUP_LEASE_PREFIX and it
+# (a subscription group's members are its consumers, not servers). Turned
+# on only while no live server knows a schema below $2 (0: a version from
+# before migration 24).
 ENABLE_FEATURE = (
     "INSERT INTO chronicle.cluster_features (name) SELECT $1 WHERE NOT EXISTS (SELECT 1"
     " FROM chronicle.lease_members WHERE expires_at > now() AND schema_version < $2 AND left(lease_group, $3) <> $4)"

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from service.store.features import features_since
+from service.store.features import feature_schemas, feature_since
 from service.store.grouping import GROUP_LEASE_PREFIX
 from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
 from service.store.sqlite import sql
@@ -58,11 +58,11 @@ class LeasesRole:
 
     async def enable_feature(self, name: str) -> bool:
         """``features.ClusterFeatures``, in one write transaction."""
-        return await self._lease_writer.run(_enable_feature, name)
+        return await self._lease_writer.run(_enable_feature, name, feature_since(name, MIGRATIONS))
 
-    def features_schema(self) -> int:
+    def feature_schemas(self) -> Mapping[str, int]:
         """``features.FeatureReader``."""
-        return features_since(MIGRATIONS)
+        return feature_schemas(MIGRATIONS)
 
     async def features_on(self) -> frozenset[str]:
         """``features.FeatureReader``."""
@@ -71,9 +71,8 @@ class LeasesRole:
         )
 
 
-def _enable_feature(db: sqlite3.Connection, name: str) -> bool:
+def _enable_feature(db: sqlite3.Connection, name: str, since: int) -> bool:
     with writing(db):
-        since = features_since(MIGRATIONS)
         db.execute(sql.ENABLE_FEATURE, (name, now_us(), since, len(GROUP_LEASE_PREFIX), GROUP_LEASE_PREFIX))
         return db.execute(sql.FEATURE_ENABLED, (name,)).fetchone() is not None
 

@@ -639,8 +639,8 @@ ACQUIRE_LEASE = (
 )
 LEAVE_GROUP = "DELETE FROM lease_members WHERE lease_group = ? AND member_id = ?"
 # Cluster features (service/store/features.py, migration 25), as
-# PostgreSQL's: ?1 the feature, ?2 now, ?3 the schema that made the table,
-# ?4 and ?5 the length of GROUP_LEASE_PREFIX and it.
+# PostgreSQL's: ?1 the feature, ?2 now, ?3 the schema from which servers
+# honour it (features.feature_since), ?4 and ?5 the length of GROUP_LEASE_PREFIX and it.
 ENABLE_FEATURE = (
     "INSERT INTO cluster_features (name) SELECT ?1 WHERE NOT EXISTS (SELECT 1"
     " FROM lease_members WHERE expires_at_us > ?2 AND schema_version < ?3 AND substr(lease_group, 1, ?4) <> ?5)"
