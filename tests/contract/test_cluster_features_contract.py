@@ -23,6 +23,7 @@ from service.store.features import (
     Feature,
     FeatureReader,
     UnknownFeature,
+    feature_schemas,
     feature_since,
 )
 from service.store.grouping import consumer_group
@@ -108,6 +109,20 @@ async def lapse(store: StoreAdapter, group: str, member_id: str) -> None:
     await _update_member(
         store, group, member_id, postgres="expires_at = now() - interval '1 second'", sqlite="expires_at_us = 0"
     )
+
+
+async def test_every_declared_feature_is_honoured_from_a_migration_of_both_stores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each store finds it by name (a server would not start otherwise:
+    its watch of members behind reads them all)."""
+    assert feature_schemas(known_migrations()).keys() == feature_schemas(MIGRATIONS).keys() == FEATURES.keys()
+    monkeypatch.setitem(
+        FEATURES, "postgres_only", Feature("postgres_only", since="claims_per_tenant_code_points", behind="-")
+    )
+    assert feature_since("postgres_only", known_migrations()) > feature_since(TENANT_DOCUMENT_KEYS, known_migrations())
+    with pytest.raises(UnknownFeature, match="claims_per_tenant_code_points"):
+        feature_since("postgres_only", MIGRATIONS)
 
 
 async def test_the_table_came_with_the_newest_migration_but_none_before() -> None:
