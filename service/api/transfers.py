@@ -211,6 +211,7 @@ def response(summary: ImportSummary) -> pb.ImportLogResponse:
         aggregates_without_claims=summary.aggregates_without_claims,
         claims_released=summary.claims_released,
         projections_to_rebuild=sorted(summary.projections_to_rebuild),
+        read_model_keys_skipped=summary.read_model_keys_skipped,
     )
 
 
@@ -223,6 +224,11 @@ def described(summary: ImportSummary) -> str:
         + (
             f"; {summary.forgotten_skipped} records of forgotten aggregates left out"
             if summary.forgotten_skipped
+            else ""
+        )
+        + (
+            f"; {summary.read_model_keys_skipped} read models' data keys passed over"
+            if summary.read_model_keys_skipped
             else ""
         )
         + (f"; {summary.claims_derived} claims derived" if summary.claims_derived else "")

@@ -1,8 +1,9 @@
 """Reading a store into an export stream (export.proto): the header, the
-data keys, the events up to the log's head when the export began (in log
-order; an archive of chosen aggregates has each one's events in version
-order), the snapshots and command records when asked for, the claims, and
-the end record that proves the stream whole.
+data keys (but read models': read_model_keys.py), the events up to the
+log's head when the export began (in log order; an archive of chosen
+aggregates has each one's events in version order), the snapshots and
+command records when asked for, the claims, and the end record that proves
+the stream whole.
 
 Records come from the store a page at a time, so an export of any size
 runs in bounded memory; a reader that stops reading stops the export.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from chronicle.v1 import export_pb2
 from service.store.base import AggregateQuery, Store
 from service.store.records import TOMBSTONE_EVENT_TYPE, AggregateLastEvent, DataKey, LogFilter
+from service.transfer.read_model_keys import is_read_model_key
 from service.transfer.records import (
     end_record,
     exported_claim,
@@ -138,7 +140,9 @@ class Exporter:
         return chosen[: rule.limit]
 
     async def _data_keys(self, keys: list[DataKey] | None) -> AsyncIterator[export_pb2.ExportRecord]:
-        """``keys`` (the chosen aggregates'), or every key of the store when None."""
+        """``keys`` (the chosen aggregates'), or every key of the store when
+        None but read models' (read_model_keys.py: their documents are not
+        exported, and a target makes its own)."""
         if keys is not None:
             for key in keys:
                 yield exported_data_key(key)
@@ -146,7 +150,8 @@ class Exporter:
         after = ""
         while page := await self._store.transfer.data_keys_page(after, self._page):
             for key in page:
-                yield exported_data_key(key)
+                if not is_read_model_key(key.aggregate_id):
+                    yield exported_data_key(key)
             after = page[-1].aggregate_id
 
     async def _events(self, chosen: tuple[str, ...] | None, head: int) -> AsyncIterator[export_pb2.ExportRecord]:

@@ -40,6 +40,9 @@ The stream must begin with its header and end with its end record, whose
 counts must match what came: a stream cut short is EXPORT_INCOMPLETE, after
 what came was written.
 
+Read models' data keys (an older export's) are passed over, counted:
+the target makes its own (read_model_keys.py).
+
 Each record is checked alone as it comes (records.py: BAD_RECORD; an event
 no larger than the server's --max-event-bytes: event_size.py), and,
 with a ``registry``, an event must be one its plugins can read
@@ -99,6 +102,7 @@ from service.transfer.one_place import (
     two_at_one_place,
     written_by_this_import,
 )
+from service.transfer.read_model_keys import is_read_model_key
 from service.transfer.read_models import (
     DEFAULT_READ_MODELS_WAIT,
     Replaced,
@@ -159,6 +163,8 @@ class ImportSummary:
     # Records of aggregates the target has forgotten that were left out:
     # their snapshots, claims and live data keys (service/transfer/forgotten.py).
     forgotten_skipped: int = 0
+    # Read models' data keys an older export carried, passed over (read_model_keys.py).
+    read_model_keys_skipped: int = 0
     # Claims derived from the state of aggregates that came without claim
     # records (claims.py), and such aggregates whose claims could not be.
     claims_derived: int = 0
@@ -282,6 +288,12 @@ class Importer:
             self.summary.complete = True
             return
         stored = _stored(record, kind, where)
+        if isinstance(stored, DataKey) and is_read_model_key(stored.aggregate_id):
+            # Checked as a record, then passed over: it opens only documents,
+            # which the target makes itself (read_model_keys.py).
+            self._received[kind] += 1
+            self.summary.read_model_keys_skipped += 1
+            return
         if isinstance(stored, RecordedEvent):
             check_event_size(stored, index, self._max_event_bytes)
             if self._registry is not None:
