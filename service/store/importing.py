@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from service.errors import ImportConflict
+from service.store.encryption import CLAIMS_KEY_PREFIX
 from service.store.key_names import key_owner
 from service.store.records import RecordedEvent, Snapshot, is_tombstone
 
@@ -142,8 +143,16 @@ def claim_conflict(scope: str, aggregate_id: str, holder: str) -> ImportConflict
 
 
 def data_key_conflict(aggregate_id: str) -> ImportConflict:
+    why = "what it sealed is sealed under that key"
+    if aggregate_id.startswith(CLAIMS_KEY_PREFIX):
+        # Made by a claim taken or looked up here, never by the store on its own:
+        # the import could only ever meet one where the target took claims.
+        why = (
+            "the values claimed here in that scope are keyed hashes under that key, and the export's under its own,"
+            " so neither could be checked against the other: import into a store that has taken no claims in it"
+        )
     return ImportConflict(
-        f"the store holds another data key for {key_owner(aggregate_id)}: what it sealed is sealed under that key",
+        f"the store holds another data key for {key_owner(aggregate_id)}: {why}",
         reason=DATA_KEY_CONFLICT,
         metadata={"aggregate_id": aggregate_id},
     )

@@ -153,5 +153,7 @@ async def test_a_claims_scopes_key_still_conflicts_where_the_target_hashed_claim
         details = details_of(refused.value)
         assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DATA_KEY_CONFLICT")
         assert details.metadata["record"] == "1"
-        assert "the uniqueness claims of scope 'users.email'" in (refused.value.details() or "")
+        said = refused.value.details() or ""
+        assert "another data key for the uniqueness claims of scope 'users.email'" in said, said
+        assert "import into a store that has taken no claims in it" in said, said
         assert await key_ids(target) == before
