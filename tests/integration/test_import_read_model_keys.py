@@ -11,6 +11,8 @@ an export carries are keyed hashes that only those keys test again."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -23,6 +25,7 @@ from chronicle.v1 import export_pb2
 from chronicle.v1 import projection_service_pb2 as pb
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
+from service import cli
 from service.store.base import StoreAdapter
 from service.store.encryption import (
     MasterKeys,
@@ -33,7 +36,9 @@ from service.store.encryption import (
 )
 from service.store.memory import MemoryStore
 from service.store.records import DataKey
+from service.store.sqlite import SqliteStore
 from service.transfer.records import end_record, exported_data_key
+from tests.integration.test_import_encryption import write_export
 from tests.support.grpc_client import Client, command, details_of, running_server
 from tests.support.stores import STORES, store_site
 from tests.support.transfer import exported, imported
@@ -117,6 +122,39 @@ async def test_an_import_leaves_out_an_older_exports_read_model_keys_where_the_t
         assert await balance_of(client, "ann", at=await target.log_head()) == 70
         again = await imported(client, records)
         assert (again.read_model_keys_skipped, again.data_keys_written, again.events_written) == (2, 0, 0)
+
+
+async def test_the_command_line_passes_over_them_into_a_store_whose_read_model_has_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``chronicle import --database-url`` (no master keys: the records
+    written as they come) says what it passed over in its summary."""
+    path = tmp_path / "older.chronicle"
+    write_export(path, await an_older_export())
+    database = tmp_path / "target.db"
+    store = SqliteStore(database)
+    await store.open()
+    try:
+        master = MasterKeys.parse(KEYS, source="test")
+        ours = DataKey(projection_key_id(BALANCES), *master.wrap(os.urandom(32), projection_key_id(BALANCES)))
+        await store.create_data_key(ours)
+    finally:
+        await store.close()
+
+    argv = ["import", str(path), "--database-url", f"sqlite:///{database}", "--quiet"]
+    status = await asyncio.to_thread(cli.main, argv)
+    out, err = capsys.readouterr()
+
+    assert (status, err) == (0, ""), err
+    summary = json.loads(out)
+    assert (summary["read_model_keys_skipped"], summary["data_keys_written"]) == (2, 1)
+    store = SqliteStore(database)
+    await store.open()
+    try:
+        assert await store.load_data_key(projection_key_id(BALANCES)) == ours
+        assert await key_ids(store) == {"acc-1", projection_key_id(BALANCES)}
+    finally:
+        await store.close()
 
 
 async def test_an_export_carries_aggregates_and_claims_scopes_keys_and_no_read_models() -> None:
