@@ -181,7 +181,7 @@ def test_an_archive_of_encrypted_accounts_holds_no_key_and_a_forget_makes_it_unr
         assert owner.encode() not in held  # sealed as stored
         assert wrapped["acc-1"] not in held and wrapped["acc-2"] not in held  # and nothing in it opens them
         whole = lines(cli("export", "-", "--format", "jsonl", server=at).stdout)
-        assert whole[0]["header"]["format_version"] == 1  # a whole export still carries every key
+        assert whole[0]["header"]["format_version"] == 1  # a whole export still carries every aggregate's key
         assert {r["data_key"]["aggregate_id"] for r in whole if "data_key" in r} >= {"acc-1", "acc-2"}
 
         # Restorable while the store holds the keys...
