@@ -195,3 +195,16 @@ async def test_a_claims_scopes_key_still_conflicts_where_the_target_hashed_claim
         assert "another data key for the uniqueness claims of scope 'users.email'" in said, said
         assert "import into a store that has taken no claims in it" in said, said
         assert await key_ids(target) == before
+
+
+async def test_a_server_without_master_keys_passes_over_a_read_models_key_as_well() -> None:
+    """It opens nothing the import writes, so it is no sealed record to
+    refuse (ENCRYPTED_EXPORT_WITHOUT_KEYS before the fix)."""
+    master = MasterKeys.parse(KEYS, source="test")
+    key = DataKey(projection_key_id(BALANCES), *master.wrap(os.urandom(32), projection_key_id(BALANCES)))
+    header = Record(header=export_pb2.ExportHeader(format="chronicle.export", format_version=1))
+    store = MemoryStore()
+    async with running_server(store, anonymous_admin=True) as (_, client):
+        done = await imported(client, [header, exported_data_key(key), end_record({"data_key": 1})])
+    assert (done.read_model_keys_skipped, done.data_keys_written) == (1, 0)
+    assert await key_ids(store) == set()
