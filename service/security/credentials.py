@@ -33,7 +33,7 @@ import secrets
 import time
 import tomllib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -154,7 +154,10 @@ class SigningKeys(Protocol):
     @property
     def symmetric(self) -> bool: ...
 
-    def for_token(self, header: Mapping[str, Any]) -> JwtKey: ...
+    def for_token(self, header: Mapping[str, Any]) -> Sequence[JwtKey]:
+        """The keys to try, in order: one, or, for a token without kid that
+        several keys fit, each of them (a few: ``jwks.MAX_KEYS_WITHOUT_KID``)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,29 +210,7 @@ class JwtVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Unauthenticated("the token's header cannot be read", reason="INVALID_TOKEN") from None
-        key = self.keys.for_token(header)
-        try:
-            claims = jwt.decode(
-                token,
-                key.key,
-                algorithms=list(key.algorithms),
-                issuer=self.issuer,
-                audience=self.audience,
-                leeway=self.leeway_seconds,
-                options={"require": ["exp", "iss", "sub"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED") from None
-        except jwt.InvalidIssuerError:
-            raise Unauthenticated("the token was issued by someone else", reason="WRONG_ISSUER") from None
-        except jwt.InvalidAudienceError:
-            raise Unauthenticated("the token is meant for another audience", reason="WRONG_AUDIENCE") from None
-        except jwt.InvalidTokenError as error:
-            raise Unauthenticated(f"the token does not verify: {error}", reason="INVALID_TOKEN") from None
-        except jwt.PyJWTError:
-            # Not a fault of the token's claims (the key refused the token's
-            # algorithm, say): nothing of the library's text reaches the caller.
-            raise Unauthenticated("the token does not verify", reason="INVALID_TOKEN") from None
+        claims = self._verified_claims(token, self.keys.for_token(header))
         problem = principal_problem(claims["sub"])  # PyJWT checked it is a string
         if problem:
             raise Unauthenticated(f"the token's subject (sub) {problem}", reason="INVALID_TOKEN")
@@ -242,6 +223,50 @@ class JwtVerifier:
             raise Unauthenticated(f"the token's tenant claim ({self.tenant_claim}) {problem}", reason="INVALID_TOKEN")
         principal = Principal(claims["sub"], "jwt", frozenset(str(r) for r in roles), tenant)
         return principal, float(claims["exp"])
+
+    def _verified_claims(self, token: str, keys: Sequence[JwtKey]) -> dict[str, Any]:
+        """The claims of ``token``, whose signature one of ``keys`` verifies
+        (tried in turn, each with its own algorithms only) and whose times,
+        issuer and audience hold. PyJWT checks the signature before the
+        claims, so a claim refused is the verifying key's verdict: it is
+        final, and only a signature that does not verify moves on to the
+        next key. No key verifying is one refusal, whatever their number:
+        the answer says nothing of which keys were tried."""
+        for key in keys:
+            try:
+                return self._decode(token, key)
+            except jwt.InvalidSignatureError:
+                continue
+        raise Unauthenticated("the token does not verify: Signature verification failed", reason="INVALID_TOKEN")
+
+    def _decode(self, token: str, key: JwtKey) -> dict[str, Any]:
+        """The claims ``key`` verifies; a signature it does not verify is
+        PyJWT's InvalidSignatureError, left for the caller to try the next."""
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=list(key.algorithms),
+                issuer=self.issuer,
+                audience=self.audience,
+                leeway=self.leeway_seconds,
+                options={"require": ["exp", "iss", "sub"]},
+            )
+        except jwt.InvalidSignatureError:
+            raise
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthenticated("the token was issued by someone else", reason="WRONG_ISSUER") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthenticated("the token is meant for another audience", reason="WRONG_AUDIENCE") from None
+        except jwt.InvalidTokenError as error:
+            raise Unauthenticated(f"the token does not verify: {error}", reason="INVALID_TOKEN") from None
+        except jwt.PyJWTError:
+            # Not a fault of the token's claims (the key refused the token's
+            # algorithm, say): nothing of the library's text reaches the caller.
+            raise Unauthenticated("the token does not verify", reason="INVALID_TOKEN") from None
+        return claims
 
 
 def _check_times(token: str) -> None:

@@ -18,19 +18,25 @@ passes (``jwt_keys.checked_public_key``), its ``kid`` in the message:
 PyJWKSet is not used for the set itself: it skips a key it cannot read
 without saying which or why, and the operator needs to be told.
 
-A token's key (``JwtKeys.for_token``): the key its ``kid`` names; a ``kid``
+A token's keys (``JwtKeys.for_token``): the key its ``kid`` names; a ``kid``
 the set lacks is UNAUTHENTICATED ``UNKNOWN_SIGNING_KEY``. A token without
 ``kid`` is verified with the set's only key, or, in a set of several, with
-the one key whose algorithms include the token's ``alg`` (none:
-``UNKNOWN_SIGNING_KEY``; several: ``KEY_ID_REQUIRED``). A key without ``kid``
-(a PEM key, a set of one) takes every token. Each key is used with its own
-algorithms only, so an HMAC secret and a public key in one set cannot be
-confused: a token naming the public key's ``kid`` with HS256 is refused.
+the keys whose algorithms include the token's ``alg``, tried in the set's
+order until one's signature verifies (none fits: ``UNKNOWN_SIGNING_KEY``;
+more than ``MAX_KEYS_WITHOUT_KID`` fit: ``KEY_ID_REQUIRED``). That is what
+lets a set rotate under tokens that name no key (the docs' own minting
+makes such tokens): while the old and the new key are both in the set,
+either's tokens verify. A key without ``kid`` (a PEM key, a set of one)
+takes every token. Each key is used with its own algorithms only, so an
+HMAC secret and a public key in one set cannot be confused: a token naming
+the public key's ``kid`` with HS256 is refused, and a kid-less HS256 token
+is tried against the HMAC secrets only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +52,14 @@ from service.security.jwt_keys import (
     checked_public_key,
     load_jwt_key,
 )
+
+log = logging.getLogger(__name__)
+
+# The most keys a token without ``kid`` is tried against. A rotation needs
+# two (the old key and the new); each key tried costs a signature check
+# (~0.1 ms for ES256), which a forged token makes the server pay for every
+# candidate, so the count stays small. Above it the token must name its key.
+MAX_KEYS_WITHOUT_KID = 4
 
 # The algorithm PyJWK is asked to read each kind of key with: only its
 # ``from_jwk`` is used, which reads the key whatever the hash.
@@ -72,33 +86,76 @@ class JwtKeys:
     def kids(self) -> frozenset[str]:
         return frozenset(self._by_kid)
 
-    def for_token(self, header: Mapping[str, Any]) -> JwtKey:
-        """The key a token with this (unverified) ``header`` is verified with."""
+    def for_token(self, header: Mapping[str, Any]) -> tuple[JwtKey, ...]:
+        """The keys a token with this (unverified) ``header`` may be
+        verified with, in the order to try them: one, but for a token
+        without ``kid`` that several keys fit (at most ``MAX_KEYS_WITHOUT_KID``)."""
         kid = header.get("kid")
         if len(self.keys) == 1 and not self.keys[0].kid:
-            return self.keys[0]  # a key that names no kid: the only one
+            return self.keys  # a key that names no kid: the only one
         if kid is not None:
             key = self._by_kid.get(kid) if isinstance(kid, str) else None
             if key is None:
                 raise Unauthenticated(
                     "the token names a signing key (kid) the server does not know", reason="UNKNOWN_SIGNING_KEY"
                 )
-            return key
+            return (key,)
         if len(self.keys) == 1:
-            return self.keys[0]
-        fitting = [key for key in self.keys if header.get("alg") in key.algorithms]
-        if len(fitting) == 1:
-            return fitting[0]
+            return self.keys
+        fitting = self.fitting(header.get("alg"))
         if not fitting:
             raise Unauthenticated(
                 "the token names no signing key (kid) and no key of the server fits its algorithm",
                 reason="UNKNOWN_SIGNING_KEY",
             )
-        raise Unauthenticated(
-            "the token names no signing key (kid) and several of the server's keys fit its algorithm:"
-            " its issuer must name the key (kid)",
-            reason="KEY_ID_REQUIRED",
-        )
+        if len(fitting) > MAX_KEYS_WITHOUT_KID:
+            raise Unauthenticated(
+                f"the token names no signing key (kid) and {len(fitting)} of the server's keys fit its algorithm,"
+                f" more than the {MAX_KEYS_WITHOUT_KID} a token without kid is tried against: its issuer must"
+                " name the key (kid)",
+                reason="KEY_ID_REQUIRED",
+            )
+        return fitting
+
+    def fitting(self, alg: object) -> tuple[JwtKey, ...]:
+        """The keys that verify tokens signed with ``alg``, in the set's order."""
+        return tuple(key for key in self.keys if alg in key.algorithms)
+
+    def shared_algorithms(self) -> dict[tuple[str, ...], tuple[str, ...]]:
+        """The kids of keys that fit one algorithm between them (a token
+        without kid is tried against each), and the algorithms they share."""
+        shared: dict[tuple[str, ...], list[str]] = {}
+        for alg in dict.fromkeys(alg for key in self.keys for alg in key.algorithms):
+            kids = tuple(key.kid for key in self.fitting(alg))
+            if len(kids) > 1:
+                shared.setdefault(kids, []).append(alg)
+        return {kids: tuple(algs) for kids, algs in shared.items()}
+
+
+def warn_of_shared_algorithms(keys: JwtKeys, source: str) -> None:
+    """Log, at WARNING, each algorithm that several keys of the set fit: a
+    token without kid is tried against each (a rotation under way), or,
+    past ``MAX_KEYS_WITHOUT_KID``, refused."""
+    for kids, algorithms in keys.shared_algorithms().items():
+        named = ", ".join(repr(kid) for kid in kids)
+        fits = "/".join(algorithms)
+        if len(kids) > MAX_KEYS_WITHOUT_KID:
+            log.warning(
+                "%s: keys %s all fit %s, more than the %d a token without kid is tried against: such tokens are"
+                " refused (KEY_ID_REQUIRED); have their issuer name its key (kid)",
+                source,
+                named,
+                fits,
+                MAX_KEYS_WITHOUT_KID,
+            )
+        else:
+            log.warning(
+                "%s: keys %s all fit %s: a token without kid is verified against each in turn (a rotation under"
+                " way?); have the issuer name its key (kid), and remove the old key once its tokens have expired",
+                source,
+                named,
+                fits,
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +227,7 @@ def load_jwt_keys(path: str | Path) -> JwtKeys:
             reason="BAD_JWT_KEY",
             metadata={"file": str(path)},
         )
+    warn_of_shared_algorithms(read.keys, source)
     return read.keys
 
 

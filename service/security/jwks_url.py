@@ -108,7 +108,7 @@ class RemoteJwks:
     def symmetric(self) -> bool:
         return False  # a secret from a URL is refused
 
-    def for_token(self, header: Mapping[str, Any]) -> JwtKey:
+    def for_token(self, header: Mapping[str, Any]) -> tuple[JwtKey, ...]:
         try:
             return self.keys.for_token(header)
         except Unauthenticated as refused:
@@ -193,9 +193,12 @@ class RemoteJwks:
     def _failed(self, why: str) -> bool:
         self.stats.failed += 1
         log.warning(
-            "fetching the JSON Web Key Set at %s failed (%s); the keys fetched before stay in use (%d)",
+            "fetching the JSON Web Key Set at %s failed (%s); %s",
             self.url,
             why,
-            len(self.keys.keys),
+            # At start there are none: the server then does not start (JWKS_UNAVAILABLE).
+            f"the keys fetched before stay in use ({len(self.keys.keys)})"
+            if self.keys.keys
+            else "no set was fetched before, so there are no keys to keep using",
         )
         return False

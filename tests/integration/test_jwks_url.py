@@ -179,13 +179,18 @@ async def test_an_answer_that_is_not_a_key_set_leaves_the_keys_fetched_before_in
         await eventually(lambda: app.jwks is not None and "k2" in app.jwks.keys.kids, what="the set fetched again")
 
 
-async def test_the_server_does_not_start_without_a_first_set(tmp_path: Path, idp: JwksServer) -> None:
+async def test_the_server_does_not_start_without_a_first_set(
+    tmp_path: Path, idp: JwksServer, caplog: pytest.LogCaptureFixture
+) -> None:
     idp.down = True
     with pytest.raises(ConfigurationError) as refused:
         async with served(tmp_path, idp):
             pass
     assert refused.value.reason == "JWKS_UNAVAILABLE"
     assert idp.url in refused.value.message
+    # The warning before it promised no keys: there were none to keep.
+    assert "no set was fetched before, so there are no keys to keep using" in caplog.text
+    assert "stay in use" not in caplog.text
 
 
 async def test_a_provider_whose_certificate_the_ca_file_does_not_sign_is_refused(

@@ -21,7 +21,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from service.errors import ConfigurationError, Unauthenticated
 from service.security.credentials import JwtVerifier
-from service.security.jwks import load_jwt_keys
+from service.security.jwks import MAX_KEYS_WITHOUT_KID, load_jwt_keys
 from tests.support.jwks import KeyRing
 from tests.support.security import ISSUER
 
@@ -78,14 +78,73 @@ def test_a_kid_the_set_lacks_is_an_unknown_signing_key(tmp_path: Path, ring: Key
     assert reason(check, ring.token("eve", kid="elsewhere")) == "UNKNOWN_SIGNING_KEY"
 
 
-def test_a_token_without_kid_is_accepted_when_exactly_one_key_fits_its_algorithm(tmp_path: Path, ring: KeyRing) -> None:
+def test_a_token_without_kid_is_verified_with_the_one_key_that_fits_its_algorithm(
+    tmp_path: Path, ring: KeyRing
+) -> None:
     check = verifier(jwks_file(tmp_path, *ring.jwks()["keys"]))
     assert check.verify(ring.token("alice", kid=None, signed_by="ec")).name == "alice"  # ES256: the EC key only
-    ring.add("ec-2")
-    two_ec = verifier(jwks_file(tmp_path, *ring.jwks()["keys"]))
-    assert reason(two_ec, ring.token("alice", kid=None, signed_by="ec")) == "KEY_ID_REQUIRED"
     only_rsa = verifier(jwks_file(tmp_path, ring.jwk("rsa")))  # a set of one key that names a kid
     assert reason(only_rsa, ring.token("eve", kid=None, signed_by="ec")) == "INVALID_TOKEN"
+
+
+def test_a_token_without_kid_verifies_with_any_of_several_keys_that_fit_its_algorithm(
+    tmp_path: Path, ring: KeyRing
+) -> None:
+    """A rotation under tokens that name no key: old and new in the set."""
+    ring.add("ec-2")
+    check = verifier(jwks_file(tmp_path, *ring.jwks()["keys"]))
+    assert check.verify(ring.token("alice", kid=None, signed_by="ec")).name == "alice"
+    assert check.verify(ring.token("bob", kid=None, signed_by="ec-2")).name == "bob"
+    ring.add("elsewhere")  # fits ES256, but not in the set
+    assert reason(check, ring.token("eve", kid=None, signed_by="elsewhere")) == "INVALID_TOKEN"
+
+
+def test_the_key_that_verifies_a_token_without_kid_judges_its_claims(tmp_path: Path, ring: KeyRing) -> None:
+    """Only a signature that does not verify moves on to the next key: the
+    second key's expired token is TOKEN_EXPIRED, not INVALID_TOKEN."""
+    ring.add("ec-2")
+    check = verifier(jwks_file(tmp_path, *ring.jwks()["keys"]))
+    expired = ring.token("alice", kid=None, signed_by="ec-2", exp=int(time.time()) - 3600)
+    assert reason(check, expired) == "TOKEN_EXPIRED"
+    elsewhere = ring.token("alice", kid=None, signed_by="ec-2", iss="https://elsewhere.example")
+    assert reason(check, elsewhere) == "WRONG_ISSUER"
+
+
+def test_a_token_without_kid_that_too_many_keys_fit_must_name_its_key(tmp_path: Path, ring: KeyRing) -> None:
+    for number in range(MAX_KEYS_WITHOUT_KID):  # with "ec": one more than are tried
+        ring.add(f"ec-{number}")
+    check = verifier(jwks_file(tmp_path, *ring.jwks()["keys"]))
+    assert reason(check, ring.token("alice", kid=None, signed_by="ec")) == "KEY_ID_REQUIRED"
+    assert check.verify(ring.token("alice", kid="ec-0")).name == "alice"  # naming its key, it verifies
+    assert check.verify(ring.token("bob", kid=None, signed_by="rsa")).name == "bob"  # RS256: one key fits
+
+
+def test_a_token_without_kid_is_tried_only_against_the_keys_its_algorithm_fits(tmp_path: Path, ring: KeyRing) -> None:
+    """No algorithm confusion through trying: an HS256 token made with an
+    RSA public key's bytes, naming no key, is tried against the HMAC
+    secrets only (and a key narrowed to PS256 takes no RS256 token)."""
+    check = verifier(jwks_file(tmp_path, ring.jwk("rsa"), oct_jwk("hs"), oct_jwk("hs-2", SECRET[::-1])))
+    now = int(time.time())
+    claims = {"sub": "eve", "iss": ISSUER, "exp": now + 60}
+    public_pem = ring.public_key("rsa").public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert reason(check, _hs256({"alg": "HS256", "typ": "JWT"}, claims, public_pem)) == "INVALID_TOKEN"
+    assert check.verify(jwt.encode({**claims, "sub": "ann"}, SECRET[::-1], algorithm="HS256")).name == "ann"
+    ring.add("rsa-2", kind="RSA")
+    narrowed = verifier(jwks_file(tmp_path, ring.jwk("rsa", alg="PS256"), ring.jwk("rsa-2", alg="PS256")))
+    assert reason(narrowed, ring.token("eve", kid=None, signed_by="rsa")) == "UNKNOWN_SIGNING_KEY"  # RS256
+
+
+def test_several_keys_of_one_algorithm_are_warned_of(
+    tmp_path: Path, ring: KeyRing, caplog: pytest.LogCaptureFixture
+) -> None:
+    load_jwt_keys(jwks_file(tmp_path, *ring.jwks()["keys"]))
+    assert "fit" not in caplog.text  # one EC key, one RSA key: nothing shared
+    ring.add("ec-2")
+    load_jwt_keys(jwks_file(tmp_path, *ring.jwks()["keys"]))
+    assert "keys 'ec', 'ec-2' all fit ES256: a token without kid is verified against each in turn" in caplog.text
+    assert [record.levelname for record in caplog.records] == ["WARNING"]
 
 
 def test_an_alg_narrows_a_key_to_that_algorithm(tmp_path: Path, ring: KeyRing) -> None:
