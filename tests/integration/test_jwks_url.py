@@ -179,18 +179,13 @@ async def test_an_answer_that_is_not_a_key_set_leaves_the_keys_fetched_before_in
         await eventually(lambda: app.jwks is not None and "k2" in app.jwks.keys.kids, what="the set fetched again")
 
 
-async def test_the_server_does_not_start_without_a_first_set(
-    tmp_path: Path, idp: JwksServer, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_the_server_does_not_start_without_a_first_set(tmp_path: Path, idp: JwksServer) -> None:
     idp.down = True
     with pytest.raises(ConfigurationError) as refused:
         async with served(tmp_path, idp):
             pass
     assert refused.value.reason == "JWKS_UNAVAILABLE"
     assert idp.url in refused.value.message
-    # The warning before it promised no keys: there were none to keep.
-    assert "no set was fetched before, so there are no keys to keep using" in caplog.text
-    assert "stay in use" not in caplog.text
 
 
 async def test_a_provider_whose_certificate_the_ca_file_does_not_sign_is_refused(
@@ -259,3 +254,17 @@ async def test_a_published_key_that_cannot_be_used_is_left_out_and_the_others_us
     assert f"JWKS {idp.url}: key 'weak' holds a 1024-bit RSA key" in caplog.text
     assert "key 'secret' is an HMAC secret (kty oct): a secret published at a URL is no secret" in caplog.text
     assert "key 'encryption'" not in caplog.text  # not a signing key: left out without a word
+
+
+async def test_the_warning_before_a_refused_start_promises_no_keys(
+    tmp_path: Path, idp: JwksServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At start there are no keys fetched before to keep: the warning says
+    so, not "the keys fetched before stay in use (0)", before the refusal."""
+    idp.down = True
+    with pytest.raises(ConfigurationError) as refused:
+        async with served(tmp_path, idp):
+            pass
+    assert refused.value.reason == "JWKS_UNAVAILABLE"
+    assert "no set was fetched before, so there are no keys to keep using" in caplog.text
+    assert "stay in use" not in caplog.text
