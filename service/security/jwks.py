@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 # The most keys a token without ``kid`` is tried against. A rotation needs
 # two (the old key and the new); each key tried costs a signature check
-# (~0.1 ms for ES256), which a forged token makes the server pay for every
+# (~0.25 ms for ES256), which a forged token makes the server pay for every
 # candidate, so the count stays small. Above it the token must name its key.
 MAX_KEYS_WITHOUT_KID = 4
 
