@@ -110,9 +110,10 @@ class JwtKeys:
             )
         if len(fitting) > MAX_KEYS_WITHOUT_KID:
             raise Unauthenticated(
-                f"the token names no signing key (kid) and {len(fitting)} of the server's keys fit its algorithm,"
-                f" more than the {MAX_KEYS_WITHOUT_KID} a token without kid is tried against: its issuer must"
-                " name the key (kid)",
+                # How many keys fit is not said: a set of HMAC secrets is no one's business.
+                f"the token names no signing key (kid) and more than {MAX_KEYS_WITHOUT_KID} of the server's keys"
+                " fit its algorithm, the most a token without kid is tried against: its issuer must name the key"
+                " (kid)",
                 reason="KEY_ID_REQUIRED",
             )
         return fitting
