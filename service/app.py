@@ -217,6 +217,7 @@ async def build_remote_jwks(settings: Settings) -> RemoteJwks | None:
         ca_file=settings.jwt_jwks_ca_file,
         refresh_seconds=settings.jwt_jwks_refresh_seconds,
         unknown_kid_seconds=settings.jwt_jwks_unknown_kid_seconds,
+        timeout_seconds=settings.jwt_jwks_timeout_seconds,
     )
     await jwks.fetch_first()
     return jwks

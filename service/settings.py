@@ -380,6 +380,13 @@ class Settings:
             " long: a flood of made-up kids costs the provider one request per period"
         },
     )
+    jwt_jwks_timeout_seconds: float = field(
+        default=10.0,
+        metadata={
+            "help": "a fetch of --jwt-jwks-url (connecting, and reading the answer to its end) that takes longer"
+            " fails; the keys fetched before stay in use"
+        },
+    )
     jwt_issuer: str = field(default="", metadata={"help": "required 'iss' of bearer JWTs"})
     jwt_audience: str = field(
         default="", metadata={"help": "required 'aud' of bearer JWTs (empty: tokens must have none)"}
@@ -501,6 +508,7 @@ class Settings:
             "console_sample_seconds",
             "handshake_timeout_seconds",
             "jwt_jwks_refresh_seconds",
+            "jwt_jwks_timeout_seconds",
         ):
             if not getattr(self, name) > 0:
                 raise bad_setting(name, f"{getattr(self, name):g} is not positive", f"more than 0: {DURATION}")

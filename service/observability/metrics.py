@@ -36,7 +36,7 @@ registered, status codes, store operations): never aggregate ids.
 - ``chronicle_audit_refusals_sampled_total{reason}``: refusals of callers
   that were not authenticated beyond the audit log's rate for them, counted
   in a sampled entry (its ``occurrences``) instead of one of their own.
-- ``chronicle_jwks_fetches_total{outcome}`` (``ok``, ``failed``),
+- ``chronicle_jwks_fetches_total{outcome}`` (``ok``, ``failed``, ``too_large``),
   ``chronicle_jwks_keys``, ``chronicle_jwks_last_fetched_timestamp_seconds``:
   with ``--jwt-jwks-url``, its key set's fetches, the keys in use and when
   they were fetched (``service.security.jwks_url``); alert on a timestamp
@@ -415,6 +415,7 @@ class _JwksCollector(Collector):
         )
         fetches.add_metric(["ok"], self._stats.fetched)
         fetches.add_metric(["failed"], self._stats.failed)
+        fetches.add_metric(["too_large"], self._stats.too_large)
         yield fetches
         yield GaugeMetricFamily("chronicle_jwks_keys", "Signing keys in the set in use", value=self._stats.keys)
         yield GaugeMetricFamily(

@@ -16,15 +16,17 @@ server runs.
   the new set. Providers publish a key before they sign with it, so the
   periodic fetch normally has it first.
 - **A failed fetch** (the provider down, a timeout, a set that is not JSON
-  or has no usable key) keeps the last good set, logs a warning and counts
-  in ``stats``; a key of the set that cannot be used is left out and
+  or has no usable key, an answer over ``max_bytes``) keeps the last good
+  set, logs a warning and counts in ``stats`` (an answer too large apart:
+  ``too_large``); a key of the set that cannot be used is left out and
   logged, the others used.
 - A new set replaces the old one in one assignment: a call verifies with
   one set or the other, never a mix. ``on_change`` callbacks run after it
   (the authenticator forgets tokens it verified, open streams are checked).
 
-The HTTP request is PyJWT's (``PyJWKClient.fetch_data``: no redirects
-followed, a timeout), run in a thread: the event loop never waits for the
+The HTTP request (``service.security.jwks_fetch``: no redirects followed,
+the answer capped at ``max_bytes``, the whole fetch within
+``timeout_seconds``) runs in a thread: the event loop never waits for the
 provider. HTTPS only (http:// to 127.0.0.1 or localhost, for tests), its
 certificate checked against the system's CAs or ``ca_file``.
 """
@@ -40,10 +42,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import jwt
-
 from service.errors import ConfigurationError, Unauthenticated
 from service.security.jwks import JwtKeys, read_jwks
+from service.security.jwks_fetch import MAX_JWKS_BYTES, JwksTooLarge, fetch_jwks_document
 from service.security.jwt_keys import JwtKey
 from service.tasks import cancel_and_wait
 
@@ -68,7 +69,8 @@ class JwksStats:
     """What the fetches did, for the metrics (read at scrape time)."""
 
     fetched: int = 0
-    failed: int = 0
+    failed: int = 0  # not counting too_large
+    too_large: int = 0  # answers over the cap, refused unread
     keys: int = 0
     last_fetched: float = 0.0  # seconds since the epoch of the last good fetch
 
@@ -84,6 +86,7 @@ class RemoteJwks:
         refresh_seconds: float = 300.0,
         unknown_kid_seconds: float = 30.0,
         timeout_seconds: float = 10.0,
+        max_bytes: int = MAX_JWKS_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         problem = check_jwks_url(url)
@@ -91,9 +94,9 @@ class RemoteJwks:
             raise ConfigurationError(f"--jwt-jwks-url {url} {problem}", reason="BAD_SETTING")
         context = ssl.create_default_context(cafile=ca_file or None)
         self.url = url
-        self._client = jwt.PyJWKClient(
-            url, cache_jwk_set=False, timeout=timeout_seconds, ssl_context=context, headers={"User-Agent": "chronicle"}
-        )
+        self._ssl_context = context
+        self._timeout_seconds = timeout_seconds
+        self._max_bytes = max_bytes
         self._refresh_seconds = refresh_seconds
         self._unknown_kid_seconds = unknown_kid_seconds
         self._clock = clock
@@ -164,9 +167,24 @@ class RemoteJwks:
 
     async def _fetch(self) -> bool:
         try:
-            document = await asyncio.to_thread(self._client.fetch_data)
-        except (jwt.PyJWTError, ValueError, OSError) as error:
-            # ValueError: an answer that is not JSON (PyJWT lets json's error through).
+            # The thread ends by the timeout too (the deadline is checked
+            # between chunks); this bound is the server's, whatever the socket does.
+            async with asyncio.timeout(self._timeout_seconds):
+                document = await asyncio.to_thread(
+                    fetch_jwks_document,
+                    self.url,
+                    ssl_context=self._ssl_context,
+                    timeout_seconds=self._timeout_seconds,
+                    max_bytes=self._max_bytes,
+                    headers={"User-Agent": "chronicle"},
+                )
+        except JwksTooLarge as error:
+            self.stats.too_large += 1
+            return self._failed(f"{error}", counted=True)
+        except TimeoutError as error:
+            return self._failed(f"TimeoutError: {error or f'no whole answer within {self._timeout_seconds:g} s'}")
+        except (ValueError, OSError) as error:
+            # ValueError: an answer that is not a JSON object.
             return self._failed(f"{type(error).__name__}: {error}")
         try:
             read = read_jwks(document, f"JWKS {self.url}", secrets_allowed=False)
@@ -190,8 +208,9 @@ class RemoteJwks:
                     log.exception("acting on the JWKS fetched again failed")
         return True
 
-    def _failed(self, why: str) -> bool:
-        self.stats.failed += 1
+    def _failed(self, why: str, *, counted: bool = False) -> bool:
+        if not counted:
+            self.stats.failed += 1
         log.warning(
             "fetching the JSON Web Key Set at %s failed (%s); %s",
             self.url,

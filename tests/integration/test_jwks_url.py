@@ -2,11 +2,12 @@
 (--jwt-jwks-url), over HTTPS with a test CA (--jwt-jwks-ca-file): a key
 rotated without a restart, a flood of made-up kids costing the provider one
 request, the provider down leaving the keys fetched before in use, and no
-start without a first set."""
+start without a first set, an answer too large or too slow refused."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from chronicle.v1 import event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.errors import ConfigurationError
+from service.security.jwks_fetch import MAX_JWKS_BYTES
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import command, connect, details_of, running_server
 from tests.support.jwks import JwksServer, KeyRing
@@ -43,6 +45,7 @@ async def served(
     *,
     refresh_seconds: float = 3600,
     unknown_kid_seconds: float = 0,
+    timeout_seconds: float = 10,
     metrics_listen: str = "",
 ) -> AsyncIterator[Application]:
     async with running_server(
@@ -54,6 +57,7 @@ async def served(
         jwt_issuer=ISSUER,
         jwt_jwks_refresh_seconds=refresh_seconds,
         jwt_jwks_unknown_kid_seconds=unknown_kid_seconds,
+        jwt_jwks_timeout_seconds=timeout_seconds,
         metrics_listen=metrics_listen,
     ) as (app, _):
         yield app
@@ -177,6 +181,59 @@ async def test_an_answer_that_is_not_a_key_set_leaves_the_keys_fetched_before_in
         ring.add("k2")
         idp.publish(ring.jwks())
         await eventually(lambda: app.jwks is not None and "k2" in app.jwks.keys.kids, what="the set fetched again")
+
+
+def padded(document: dict[str, object], size: int) -> dict[str, object]:
+    """``document`` with a member that makes its JSON at least ``size`` bytes."""
+    return {**document, "padding": "x" * size}
+
+
+@pytest.mark.parametrize("lengthless", [False, True], ids=["content-length", "read-until-closed"])
+async def test_an_answer_over_a_mebibyte_is_refused_and_the_keys_fetched_before_stay(
+    tmp_path: Path, idp: JwksServer, caplog: pytest.LogCaptureFixture, lengthless: bool
+) -> None:
+    ring = KeyRing()
+    ring.add("k1")
+    idp.publish(ring.jwks())
+    async with served(tmp_path, idp, refresh_seconds=0.05, metrics_listen="127.0.0.1:0") as app:
+        assert app.jwks is not None
+        idp.lengthless = lengthless
+        ring.add("k2")
+        idp.publish(padded(ring.jwks(), MAX_JWKS_BYTES))
+        await eventually(lambda: app.jwks is not None and app.jwks.stats.too_large >= 2, what="answers refused")
+        assert app.jwks.keys.kids == {"k1"}  # k2 came in the refused answer only
+        assert await reason_for(app, ring.token("alice", kid="k1")) == ""
+        assert "the answer is too large" in caplog.text
+        assert f"more than the {MAX_JWKS_BYTES}" in caplog.text
+        assert "the keys fetched before stay in use (1)" in caplog.text
+        assert sample(await scrape(app), "chronicle_jwks_fetches_total", outcome="too_large") >= 2
+        idp.publish(ring.jwks())  # back to a set of a normal size: fetched again
+        await eventually(lambda: app.jwks is not None and "k2" in app.jwks.keys.kids, what="the set fetched again")
+
+
+async def test_a_set_just_under_the_cap_is_accepted(tmp_path: Path, idp: JwksServer) -> None:
+    ring = KeyRing()
+    ring.add("k1")
+    document = ring.jwks()
+    idp.publish(padded(document, MAX_JWKS_BYTES - len(json.dumps(padded(document, 0)).encode())))
+    async with served(tmp_path, idp) as app:
+        assert app.jwks is not None and app.jwks.keys.kids == {"k1"}
+
+
+async def test_a_provider_that_trickles_its_answer_is_cut_at_the_timeout(
+    tmp_path: Path, idp: JwksServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A byte per 50 ms: no socket read ever waits long, yet the set would
+    # take seconds; the fetch, not each read, is bounded.
+    ring = KeyRing()
+    ring.add("k1")
+    idp.publish(ring.jwks())
+    idp.trickling = True
+    with pytest.raises(ConfigurationError) as refused:
+        async with served(tmp_path, idp, timeout_seconds=0.5):
+            pass
+    assert refused.value.reason == "JWKS_UNAVAILABLE"
+    assert "TimeoutError" in caplog.text
 
 
 async def test_the_server_does_not_start_without_a_first_set(tmp_path: Path, idp: JwksServer) -> None:

@@ -69,7 +69,10 @@ class KeyRing:
 
 
 class JwksServer:
-    """Serves ``document`` at ``url`` over HTTPS; ``down`` answers 503."""
+    """Serves ``document`` at ``url`` over HTTPS; ``down`` answers 503;
+    ``lengthless`` sends no Content-Length (the body ends when the
+    connection closes); ``trickling`` sends the body a byte at a time, a
+    byte per 50 ms, until ``stop_trickling`` is set."""
 
     def __init__(self, folder: Path) -> None:
         self.ca = Authority("Test IdP CA")
@@ -79,6 +82,9 @@ class JwksServer:
         self.document: dict[str, Any] = {"keys": []}
         self.down = False
         self.garbage = False  # answer 200 with a body that is not JSON
+        self.lengthless = False
+        self.trickling = False
+        self.stop_trickling = threading.Event()
         self.requests = 0
         self._lock = threading.Lock()
         served = self
@@ -88,13 +94,25 @@ class JwksServer:
                 with served._lock:
                     served.requests += 1
                     body = b"<html>maintenance</html>" if served.garbage else json.dumps(served.document).encode()
-                    down = served.down
+                    down, lengthless, trickling = served.down, served.lengthless, served.trickling
                 self.send_response(503 if down else 200)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", "0" if down else str(len(body)))
+                if not (lengthless or trickling):
+                    self.send_header("Content-Length", "0" if down else str(len(body)))
                 self.end_headers()
-                if not down:
+                if down:
+                    return
+                if not trickling:
                     self.wfile.write(body)
+                    return
+                try:
+                    for byte in body:
+                        if served.stop_trickling.wait(0.05):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:
+                    pass  # the client gave up
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -116,6 +134,7 @@ class JwksServer:
         try:
             yield self
         finally:
+            self.stop_trickling.set()
             self._server.shutdown()
             self._server.server_close()
             thread.join()

@@ -148,6 +148,7 @@ def test_settings_are_immutable() -> None:
         ({"jwt_jwks_url": "https://idp.example/jwks.json", "jwt_issuer": "i", "jwt_key_file": "k"}, "one source"),
         ({"jwt_jwks_ca_file": "ca.pem"}, "with --jwt-jwks-url only"),
         ({"jwt_jwks_refresh_seconds": 0}, "not positive"),
+        ({"jwt_jwks_timeout_seconds": 0}, "not positive"),
         ({"auth": True, "policy_file": "p.toml", "api_keys_file": "k.toml", "anonymous_admin": True}, "--auth off"),
     ],
 )
@@ -184,12 +185,16 @@ def test_a_jwks_url_is_a_credential_source_set_from_the_environment() -> None:
             "CHRONICLE_JWT_JWKS_CA_FILE": "idp-ca.pem",
             "CHRONICLE_JWT_JWKS_REFRESH_SECONDS": "10m",
             "CHRONICLE_JWT_JWKS_UNKNOWN_KID_SECONDS": "1m",
+            "CHRONICLE_JWT_JWKS_TIMEOUT_SECONDS": "3s",
             "CHRONICLE_JWT_ISSUER": "https://idp.example/",
         },
     )
     assert settings.jwt_jwks_url == "https://idp.example/.well-known/jwks.json"
     assert settings.jwt_jwks_ca_file == "idp-ca.pem"
     assert (settings.jwt_jwks_refresh_seconds, settings.jwt_jwks_unknown_kid_seconds) == (600, 60)
+    assert settings.jwt_jwks_timeout_seconds == 3
+    assert settings_from(["--jwt-jwks-timeout-seconds", "2.5"], {}).jwt_jwks_timeout_seconds == 2.5
+    assert Settings().jwt_jwks_timeout_seconds == 10
     # Plain HTTP only to this machine, for tests and a local provider.
     assert Settings(jwt_jwks_url="http://127.0.0.1:8080/jwks.json", jwt_issuer="i").jwt_jwks_url
 
