@@ -42,7 +42,7 @@ from service.api.status import status_code
 from service.api.tracing import TracingInterceptor
 from service.api.transfers import Transfers
 from service.audit import AuditLog, AuditMiddleware, SampledRefusals
-from service.claim_scopes import refuse_scopes_switched
+from service.claim_scopes import refuse_scopes_switched, undeclared_tenant_scopes
 from service.cluster.addresses import WILDCARD_HOSTS, advertised_address, with_port
 from service.cluster.features_behind import FeaturesBehind
 from service.cluster.leases import KeeperLease, LeaseGroup, LeaseKeeper
@@ -498,7 +498,7 @@ async def start(
         await _refuse_sealed_store(roles)
     elif keyring is not None:
         await _check_master_keys(roles, keyring)
-    await _refuse_claim_scopes_switched(roles, registry)
+    await _check_claim_scopes(roles, registry)
     # Reads (ReadAggregate, GetAggregate, Subscribe) from a hot standby,
     # wrapped like the primary's roles; commands, claims and projections
     # stay on the primary.
@@ -1027,24 +1027,39 @@ async def _check_master_keys(roles: Store, keyring: Keyring) -> None:
         raise
 
 
-async def _refuse_claim_scopes_switched(roles: Store, registry: Registry) -> None:
+async def _check_claim_scopes(roles: Store, registry: Registry) -> None:
     """Do not start with a claims scope declared per tenant that holds
     claims taken while it was global, or one declared global that holds its
     tenants' claims (CLAIM_SCOPE_SWITCHED): they would be checked no more.
     A store that does not answer yet is not checked (the declaration is new
-    in a deploy that starts against a live store)."""
-    if not registry.per_tenant_claim_scopes and not registry.global_claim_scopes:
-        return
+    in a deploy that starts against a live store). A scope of tenants'
+    claims that no plugin declares any more is checked per tenant still,
+    and warned of (``undeclared_tenant_scopes`` says why)."""
+    declared = registry.per_tenant_claim_scopes | registry.global_claim_scopes
     try:
         await refuse_scopes_switched(roles.transfer, registry.per_tenant_claim_scopes, registry.global_claim_scopes)
+        undeclared = await undeclared_tenant_scopes(roles.transfer, declared)
     except StoreUnavailable:
-        log.warning(
-            "the claims scopes declared were not checked for claims stored the other way (global, per tenant):"
-            " the store is unavailable"
-        )
+        if declared:
+            log.warning(
+                "the claims scopes declared were not checked for claims stored the other way (global, per tenant):"
+                " the store is unavailable"
+            )
+        return
     except ConfigurationError:
         await roles.lifecycle.close()
         raise
+    registry.keep_per_tenant(undeclared)
+    for scope in undeclared:
+        log.warning(
+            "claims scope %r holds claims stored per tenant, but no plugin declares it any more: it is checked per"
+            " tenant still, as its claims are stored (a scope nobody declares is otherwise global). If a plugin"
+            " claims in it, declare it again to say so: plugin.claims_scope(%r, per_tenant=True); declaring it"
+            " global is refused (CLAIM_SCOPE_SWITCHED) until its tenants' claims are moved. A retired domain's"
+            " claims stay until their aggregates are deleted",
+            scope,
+            scope,
+        )
 
 
 def _standby(settings: Settings, adapter: StoreAdapter) -> StandbyStore:

@@ -41,6 +41,7 @@ __all__ = [
     "stored_claims",
     "stored_scope",
     "tenant_scope",
+    "undeclared_tenant_scopes",
 ]
 
 
@@ -90,3 +91,19 @@ async def refuse_scopes_switched(
     for scope in sorted(global_scopes):
         if await transfer.holds_tenant_claims(scope):
             raise ClaimScopeSwitched(scope, per_tenant=False)
+
+
+async def undeclared_tenant_scopes(transfer: Transfer, declared: frozenset[str]) -> list[str]:
+    """The scopes holding claims stored per tenant that no plugin declares
+    (``declared``: every scope declared, either way). A scope nobody
+    declares is global, but checked globally such a scope's claims would be
+    seen by no one, and a value a tenant holds could be taken again in that
+    tenant: the server keeps checking it per tenant, as stored
+    (``Registry.keep_per_tenant``), and warns at start. Not refused, as a
+    scope declared global again is (``refuse_scopes_switched``: a switch
+    the code asks for): a declaration goes with its plugin when a domain is
+    retired. One index probe per such scope; none on a store without
+    ``TenantClaimsProbe``."""
+    if not isinstance(transfer, TenantClaimsProbe):
+        return []
+    return [scope for scope in await transfer.tenant_claim_scopes() if scope not in declared]

@@ -38,7 +38,8 @@ class Registry:
         self._claim_scopes: dict[str, tuple[bool, str]] = {}
         for plugin in plugins:
             self._add(plugin)
-        # The claims scopes declared per tenant (service.claim_scopes).
+        # The claims scopes checked per tenant (service.claim_scopes): those
+        # declared so, and (``keep_per_tenant``) those the store holds per tenant.
         self.per_tenant_claim_scopes = frozenset(s for s, (per_tenant, _) in self._claim_scopes.items() if per_tenant)
         # And those declared global (``per_tenant=False``): checked at start
         # for tenants' claims, stored while they were per tenant.
@@ -265,6 +266,16 @@ class Registry:
                     "aggregate_type": event.aggregate.name,
                 },
             )
+
+    def keep_per_tenant(self, scopes: Iterable[str]) -> None:
+        """Check ``scopes`` per tenant though no plugin declares them: the
+        store holds their claims per tenant (a declaration dropped, its
+        plugin uninstalled), and checked globally those claims would be seen
+        by no one (``claim_scopes.undeclared_tenant_scopes``). Called at
+        start, before anything is served. A scope declared global is not
+        taken: that switch is refused (CLAIM_SCOPE_SWITCHED)."""
+        kept = frozenset(scopes) - self.global_claim_scopes
+        self.per_tenant_claim_scopes = self.per_tenant_claim_scopes | kept
 
     @property
     def warnings(self) -> list[str]:

@@ -250,6 +250,11 @@ class TenantClaimsProbe(Protocol):
         some tenant (``claim_scope_names.tenant_scope``): one index range,
         in code point order whatever the database's collation."""
 
+    async def tenant_claim_scopes(self) -> list[str]:
+        """The scopes (as declared: ``claim_scope_names.declared_scope``)
+        that hold claims stored per tenant, in code point order: one index
+        probe per such scope, however many tenants and claims each holds."""
+
 
 class SnapshotStore(Protocol):
     """Aggregates' snapshots: an optimisation, never the truth."""

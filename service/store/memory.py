@@ -22,7 +22,7 @@ from service.store.base import (
     SnapshotKind,
     check_keep_snapshots,
 )
-from service.store.claim_scope_names import tenant_scopes_range
+from service.store.claim_scope_names import TENANT_SCOPE_MARK, declared_scope, tenant_scopes_range
 from service.store.encryption import erased_record
 from service.store.importing import check_snapshots, claim_conflict, data_key_conflict, events_to_write
 from service.store.leasing import Fencing
@@ -566,6 +566,10 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         """``base.TenantClaimsProbe``."""
         low, high = tenant_scopes_range(scope)
         return any(low <= stored < high for stored, _ in self._claims)
+
+    async def tenant_claim_scopes(self) -> list[str]:
+        """``base.TenantClaimsProbe``."""
+        return sorted({declared_scope(stored) for stored, _ in self._claims if TENANT_SCOPE_MARK in stored})
 
     async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
         return [self._commands[c] for c in sorted(c for c in self._commands if c > after)[:limit]]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from service.claim_scopes import refuse_scopes_switched, tenant_scope
+from service.claim_scopes import refuse_scopes_switched, tenant_scope, undeclared_tenant_scopes
 from service.errors import AggregateForgotten, ClaimScopeSwitched, NotUnique, TenantShredded
 from service.store.base import Store, StoreAdapter
 from service.store.encryption import Keyring, MasterKeys, claims_key_id, hidden_claim_value, new_master_key
@@ -156,6 +156,21 @@ async def test_a_scope_declared_global_over_its_tenants_claims_is_refused(store:
         {"scope": EMAIL, "declared": "global"},
     )
     assert "declared global, but holds its tenants' claims" in switched.value.message
+
+
+async def test_the_scopes_holding_tenants_claims_are_listed_once_each_and_no_neighbours(store: StoreAdapter) -> None:
+    transfer = Store.of(store).transfer
+    neighbours = [EMAIL, EMAIL + "acme", EMAIL + "\x1facme", "a.global", "z.global"]
+    for n, scope in enumerate(neighbours):
+        await store.append(f"acme:n-{n}", [new_event()], 0, claims=[ClaimChange(scope, ANN)])
+    assert await undeclared_tenant_scopes(transfer, frozenset()) == []
+    # Several tenants of one scope, one of another, a scope EMAIL prefixes.
+    taken = [claim("acme"), claim("globex"), claim("initech", "bob@x.example")]
+    taken += [ClaimChange(tenant_scope(EMAIL + ".old", "acme"), ANN), ClaimChange(tenant_scope("m", "acme"), ANN)]
+    for n, change in enumerate(taken):
+        await store.append(f"acme:m-{n}", [new_event()], 0, claims=[change])
+    assert await undeclared_tenant_scopes(transfer, frozenset()) == ["m", EMAIL, EMAIL + ".old"]
+    assert await undeclared_tenant_scopes(transfer, frozenset({EMAIL, "m", "a.global"})) == [EMAIL + ".old"]
 
 
 async def test_rewrap_moves_a_tenants_key_of_a_scope_onto_the_tenants_master_key(store: StoreAdapter) -> None:

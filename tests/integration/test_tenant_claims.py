@@ -7,7 +7,8 @@ marked destroyed, and in the backup no key the shared master key wraps
 hashes a guess of acme's address to its stored row, the server refuses
 acme's claims as its aggregates (TENANT_SHREDDED) and globex's claims work
 on. A scope declared per tenant over claims taken while it was global is
-refused at start (CLAIM_SCOPE_SWITCHED)."""
+refused at start (CLAIM_SCOPE_SWITCHED); one whose per-tenant declaration
+is dropped is checked per tenant still, and warned of."""
 
 from __future__ import annotations
 
@@ -41,11 +42,12 @@ EMAIL = "members.email"
 ANN = "ann@x.example"
 
 
-def members(*, per_tenant: bool) -> Plugin:
+def members(*, per_tenant: bool | None) -> Plugin:
     """Members registered with an address unique in ``members.email``:
-    per tenant, or (as before the declaration) across all."""
+    per tenant, or (as before the declaration) across all; None: the scope
+    not declared (global, as any scope nobody declares)."""
     plugin = Plugin("members")
-    scope = plugin.claims_scope(EMAIL, per_tenant=per_tenant)
+    scope = EMAIL if per_tenant is None else plugin.claims_scope(EMAIL, per_tenant=per_tenant)
     member = plugin.aggregate("Member", state=pb.User)
 
     @member.command(pb.RegisterUser, creates=True)
@@ -66,7 +68,9 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
 
 
 @asynccontextmanager
-async def server(store: StoreAdapter, keys_file: str | None, *, per_tenant: bool = True) -> AsyncIterator[Client]:
+async def server(
+    store: StoreAdapter, keys_file: str | None, *, per_tenant: bool | None = True
+) -> AsyncIterator[Client]:
     registry = Registry([members(per_tenant=per_tenant)])
     served = running_server(store, registry=registry, anonymous_admin=True, master_key_file=keys_file or "")
     async with served as (_, client):
@@ -162,6 +166,30 @@ async def test_a_scope_declared_global_over_its_tenants_claims_does_not_start(si
     )
     async with server(site.store(), None) as client:  # declared as it was: starts, and checks per tenant
         assert (await refused(client, "acme:m-2"))[1] == "NOT_UNIQUE"
+
+
+async def test_a_per_tenant_scope_no_plugin_declares_any_more_is_still_checked_per_tenant(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    warning = f"claims scope {EMAIL!r} holds claims stored per tenant, but no plugin declares it any more"
+    async with server(site.store(), None) as client:
+        await register(client, "acme:m-1")
+    assert warning not in caplog.text
+    async with server(site.store(), None, per_tenant=None) as client:  # the declaration dropped: starts
+        assert warning in caplog.text
+        assert "plugin.claims_scope('members.email', per_tenant=True)" in caplog.text
+        # Checked globally, acme's claim would be seen by no one, and a global claim taken.
+        assert await refused(client, "acme:m-2") == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "NOT_UNIQUE",
+            {"scope": EMAIL, "tenant": "acme"},
+        )
+        await register(client, "globex:m-1")  # another tenant: its own
+        assert (await refused(client, "m-9"))[1] == "CLAIM_WITHOUT_TENANT"
+    caplog.clear()
+    async with server(site.store(), None) as client:  # declared per tenant again: no global claim was taken
+        assert (await refused(client, "globex:m-2"))[1] == "NOT_UNIQUE"
+    assert warning not in caplog.text
 
 
 async def test_an_export_of_tenants_claims_imports_and_they_hold(tmp_path: Path) -> None:

@@ -77,6 +77,14 @@ async def test_a_scopes_tenants_claims_are_found_and_no_neighbours(store: Postgr
     assert await store.holds_tenant_claims(EMAIL)
 
 
+async def test_the_scopes_of_tenants_claims_are_listed_in_code_point_order(store: PostgresStore) -> None:
+    # In the English collation "members.emailab" < "members.email\x1eacme" <
+    # "members.emailacmf": a walk in it would not skip a scope's tenants at once.
+    insert_claims(store.url, [EMAIL + "ab", EMAIL + "acmf", tenant_scope(EMAIL + "ab", "t")])
+    insert_claims(store.url, [tenant_scope(EMAIL, tenant) for tenant in ("acme", "globex", "initech")])
+    assert await store.tenant_claim_scopes() == [EMAIL, EMAIL + "ab"]
+
+
 async def test_the_question_is_one_index_range_on_a_large_claims_table(store: PostgresStore) -> None:
     with psycopg.connect(store.url, autocommit=True) as conn:
         conn.execute(
@@ -87,6 +95,10 @@ async def test_the_question_is_one_index_range_on_a_large_claims_table(store: Po
         conn.execute("ANALYZE chronicle.claims")
         statement = sql.TENANT_CLAIMS_OF_SCOPE.replace("$1", "%s").replace("$2", "%s")
         (plan,) = conn.execute("EXPLAIN (FORMAT JSON) " + statement, tenant_scopes_range("scope4")).fetchone()  # type: ignore[misc]
+        walk = sql.NEXT_TENANT_CLAIMS_SCOPE.replace("$1", "%s")
+        (step,) = conn.execute("EXPLAIN (FORMAT JSON) " + walk, ("scope4\x1f",)).fetchone()  # type: ignore[misc]
     assert "claims_per_tenant_code_points" in json.dumps(plan)
+    assert "claims_per_tenant_code_points" in json.dumps(step)
     assert await store.holds_tenant_claims("scope4")
     assert not await store.holds_tenant_claims("scope3")  # odd: its claims are global
+    assert await store.tenant_claim_scopes() == sorted(f"scope{n}" for n in range(0, 100, 2))

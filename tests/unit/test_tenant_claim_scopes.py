@@ -115,3 +115,13 @@ def test_claims_derived_on_import_are_the_tenants_in_a_per_tenant_scope() -> Non
     assert [(c.scope, c.value) for c in held] == [(tenant_scope(EMAIL, "acme"), "ann@x"), ("users.email", "ann@x")]
     with pytest.raises(ClaimWithoutTenant):
         _held("m-1", member, pb.User(email="ann@x"), frozenset({EMAIL}))
+
+
+def test_a_scope_the_store_holds_per_tenant_is_kept_per_tenant_but_not_one_declared_global() -> None:
+    registry = Registry([members(per_tenant=False)])  # EMAIL declared global
+    registry.keep_per_tenant(["retired.email", EMAIL])
+    assert registry.per_tenant_claim_scopes == {"retired.email"}
+    assert stored_scope("retired.email", "acme:m-1", registry.per_tenant_claim_scopes) == tenant_scope(
+        "retired.email", "acme"
+    )
+    assert stored_scope(EMAIL, "acme:m-1", registry.per_tenant_claim_scopes) == EMAIL

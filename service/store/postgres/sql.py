@@ -869,6 +869,13 @@ TENANT_CLAIMS_OF_SCOPE = (
     'SELECT 1 FROM chronicle.claims WHERE strpos(scope, chr(30)) > 0 AND scope COLLATE "C" >= $1'
     ' AND scope COLLATE "C" < $2 LIMIT 1'
 )
+# The first stored scope of a tenant's claims at or after $1 in code point
+# order: on migration 30's partial index, so a walk over the per-tenant
+# scopes (tenant_claim_scopes) skips each scope's tenants in one probe.
+NEXT_TENANT_CLAIMS_SCOPE = (
+    'SELECT scope FROM chronicle.claims WHERE strpos(scope, chr(30)) > 0 AND scope COLLATE "C" >= $1'
+    ' ORDER BY scope COLLATE "C" LIMIT 1'
+)
 COMMANDS_PAGE = (
     f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE command_id > $1 ORDER BY command_id LIMIT $2::bigint"
 )

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from service.errors import ConcurrencyConflict, ImportRaced
-from service.store.claim_scope_names import tenant_scopes_range
+from service.store.claim_scope_names import declared_scope, tenant_scopes_range
 from service.store.importing import (
     DATA_KEY_CONFLICT,
     claim_conflict,
@@ -76,6 +76,16 @@ class TransferRole:
     async def holds_tenant_claims(self, scope: str) -> bool:
         """``base.TenantClaimsProbe``."""
         return bool(await self._page("check", sql.TENANT_CLAIMS_OF_SCOPE, tenant_scopes_range(scope)))
+
+    async def tenant_claim_scopes(self) -> list[str]:
+        """``base.TenantClaimsProbe``: a walk over the partial index of
+        tenants' claims, jumping past each scope's tenants."""
+        found: list[str] = []
+        after = ""
+        while rows := await self._page("check", sql.NEXT_TENANT_CLAIMS_SCOPE, (after,)):
+            found.append(declared_scope(rows[0][0]))
+            after = tenant_scopes_range(found[-1])[1]
+        return found
 
     async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
         return [command_from_row(row) for row in await self._page("export", sql.COMMANDS_PAGE, (after, limit))]

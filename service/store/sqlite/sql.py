@@ -483,6 +483,9 @@ CLAIMS_PAGE = (
     "SELECT scope, value, aggregate_id FROM claims WHERE (scope, value) > (?, ?) ORDER BY scope, value LIMIT ?"
 )
 TENANT_CLAIMS_OF_SCOPE = "SELECT 1 FROM claims WHERE scope >= ? AND scope < ? LIMIT 1"
+# The first stored scope at or after ? (global or a tenant's), on the
+# primary key (BINARY: code point order); tenant_claim_scopes walks them.
+NEXT_CLAIMS_SCOPE = "SELECT scope FROM claims WHERE scope >= ? ORDER BY scope LIMIT 1"
 CLAIMS_OF_PAGE = (
     "SELECT scope, value, aggregate_id FROM claims WHERE aggregate_id = ? AND (scope, value) > (?, ?)"
     " ORDER BY scope, value LIMIT ?"

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from service.errors import ConcurrencyConflict
-from service.store.claim_scope_names import tenant_scopes_range
+from service.store.claim_scope_names import TENANT_SCOPE_MARK, declared_scope, tenant_scopes_range
 from service.store.importing import check_snapshots, claim_conflict, data_key_conflict, events_to_write
 from service.store.notifier import CommitNotifier
 from service.store.records import (
@@ -77,6 +77,23 @@ class TransferRole:
         text compares in code point order (BINARY)."""
         bounds = tenant_scopes_range(scope)
         return await self._writer.run(lambda db: db.execute(sql.TENANT_CLAIMS_OF_SCOPE, bounds).fetchone() is not None)
+
+    async def tenant_claim_scopes(self) -> list[str]:
+        """``base.TenantClaimsProbe``: a walk over the primary key, one
+        probe per global scope and one per scope of tenants' claims (past
+        all its tenants at once)."""
+        found: list[str] = []
+        after = ""
+        while row := await self._writer.run(_next_claims_scope, after):
+            stored = row[0]
+            if TENANT_SCOPE_MARK in stored:
+                found.append(declared_scope(stored))
+                after = tenant_scopes_range(found[-1])[1]
+            else:
+                # The next scope after this one's values: scopes hold no
+                # control character, so none sorts between it and chr(1).
+                after = stored + chr(1)
+        return found
 
     async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
         rows = await self._writer.run(lambda db: db.execute(sql.COMMANDS_PAGE, (after, limit)).fetchall())
@@ -260,3 +277,8 @@ def _delete_aggregate(
         )
         (position,) = db.execute(sql.INSERT_EVENT, _event_params(recorded)).fetchone()
     return replace(recorded, position=int(position))
+
+
+def _next_claims_scope(db: sqlite3.Connection, at: str) -> tuple[str] | None:
+    row: tuple[str] | None = db.execute(sql.NEXT_CLAIMS_SCOPE, (at,)).fetchone()
+    return row
