@@ -47,10 +47,12 @@ from service.security.credentials import Authenticator
 
 log = logging.getLogger(__name__)
 
+TOKEN_EXPIRED = "TOKEN_EXPIRED"
+CERTIFICATE_EXPIRED = "CERTIFICATE_EXPIRED"
 # The reason a new call gets once a credential of this kind has expired.
 _EXPIRED = {
-    "jwt": ("the token this stream was opened with has expired", "TOKEN_EXPIRED"),
-    "mtls": ("the client certificate this stream was opened with has expired", "CERTIFICATE_EXPIRED"),
+    "jwt": ("the token this stream was opened with has expired", TOKEN_EXPIRED),
+    "mtls": ("the client certificate this stream was opened with has expired", CERTIFICATE_EXPIRED),
 }
 
 

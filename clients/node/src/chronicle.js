@@ -21,6 +21,7 @@ import { API_FILES, loadProtos as loadProtoFiles, messages, protoIncludeDirs } f
 import { logRetry, retryDelay, retryPolicy, serverDelaySeconds, STALE_TOKEN_ATTEMPTS } from './retry.js';
 import { date, Projections } from './projections.js';
 import { Reactions } from './reactions.js';
+import { REASONS } from './reasons.js';
 import { RoutedStream } from './routed_stream.js';
 import { goingAway, memberGone, Routes, unanswered } from './routing.js';
 import { Signal } from './signal.js';
@@ -32,6 +33,7 @@ export { crc32, partitionOf } from './routing.js';
 export { DEFAULT_RETRY, retryPolicy, STALE_TOKEN_ATTEMPTS } from './retry.js';
 export { Projections, projectionStatus } from './projections.js';
 export { Reactions, reactionStatus } from './reactions.js';
+export { REASONS } from './reasons.js';
 
 // Field names stay as in the .proto (aggregate_id, not aggregateId), so the
 // code reads like the API reference. 64-bit integers of the API (versions,
@@ -302,7 +304,7 @@ export function asChronicleError(error) {
   if (error instanceof ChronicleError) return error;
   if (typeof error?.code === 'number') {
     const made = new ChronicleError(error);
-    return made.reason === 'LOG_REWOUND' ? new LogRewoundError(error) : made;
+    return made.reason === REASONS.LOG_REWOUND ? new LogRewoundError(error) : made;
   }
   const wrapped = clientError('INTERNAL', 'CLIENT_FAILURE', String(error?.message ?? error));
   wrapped.cause = error;
@@ -1516,7 +1518,7 @@ export class ChronicleClient {
       code: grpc.status.NOT_FOUND,
       details: `no subscription group ${JSON.stringify(name)} the caller may consume`,
     });
-    missing.reason = 'GROUP_NOT_FOUND';
+    missing.reason = REASONS.GROUP_NOT_FOUND;
     missing.metadata = { group: name };
     throw missing;
   }
@@ -1732,7 +1734,7 @@ export class ChronicleClient {
           broken += 1;
           const backoff = Math.min(mostWait, reconnectDelaySeconds * 2 ** (broken - 1) || 0);
           wait = Math.max(backoff, serverDelaySeconds(refusal));
-          if (refusal.reason === 'CONSUMER_STALLED' || refusal.reason === 'CONSUMER_UNRESPONSIVE') {
+          if (refusal.reason === REASONS.CONSUMER_STALLED || refusal.reason === REASONS.CONSUMER_UNRESPONSIVE) {
             // Not the network's doing: this consumer kept a message unread,
             // and answered nothing, for the group's ack timeout (a handler
             // that held the loop up over it), or took its deliveries in and

@@ -17,6 +17,7 @@
 import grpc from '@grpc/grpc-js';
 
 import { Problem } from './problem.js';
+import { REASONS } from './reasons.js';
 
 // UNAUTHENTICATED reasons a fresh token can cure: one that expired (a stream
 // the server ended at its token's exp, too), one signed with a JWT key the
@@ -25,7 +26,12 @@ import { Problem } from './problem.js';
 // fetches in the background; a stream the withdrawal ended, too), an API key
 // it revoked. Retried only when the token is a function, asked again at each
 // attempt; a string would fail alike.
-export const REFRESHABLE = new Set(['TOKEN_EXPIRED', 'INVALID_TOKEN', 'UNKNOWN_SIGNING_KEY', 'UNKNOWN_API_KEY']);
+export const REFRESHABLE = new Set([
+  REASONS.TOKEN_EXPIRED,
+  REASONS.INVALID_TOKEN,
+  REASONS.UNKNOWN_SIGNING_KEY,
+  REASONS.UNKNOWN_API_KEY,
+]);
 
 // setTimeout's longest delay; a deadline further off is not watched here.
 const LONGEST_TIMER_MS = 2 ** 31 - 1;

@@ -15,6 +15,8 @@
 // function again may cure, is tried again STALE_TOKEN_ATTEMPTS times in a
 // row at most when `maxAttempts` sets no bound.
 
+import { REASONS } from './reasons.js';
+
 export const DEFAULT_RETRY = Object.freeze({
   maxAttempts: Infinity, // attempts at a unary call; reopenings in a row of a stream with nothing received
   retryForSeconds: 30, // a unary call or a read: no attempt begins later than this after its first
@@ -58,7 +60,7 @@ export function retryPolicy(options = {}) {
  * null for a stream, which only `maxAttempts` bounds).
  */
 // Reasons a server gives when it is going: it ends its calls as it stops.
-export const GOING_REASONS = new Set(['SHUTTING_DOWN']);
+export const GOING_REASONS = new Set([REASONS.SHUTTING_DOWN]);
 
 /**
  * The server's RetryInfo delay for `refusal`, in seconds (0: none), as a

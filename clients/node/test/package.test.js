@@ -54,8 +54,8 @@ console.log(JSON.stringify(out));
 `;
 
 const USAGE_TS = `
-import { ChronicleClient, ChronicleError, CLIENT_REASONS, loadProtos, pack } from '@chronicle/client';
-import type { SubmitResult } from '@chronicle/client';
+import { ChronicleClient, ChronicleError, CLIENT_REASONS, loadProtos, pack, REASONS } from '@chronicle/client';
+import type { ServerReason, SubmitResult } from '@chronicle/client';
 loadProtos({ includeDirs: ['protos'], files: ['shop/v1/shop.proto'] });
 const client = new ChronicleClient('127.0.0.1:1', { credentials: { ca: 'pem' }, retry: { retryForSeconds: 1 } });
 async function run(): Promise<number> {
@@ -82,6 +82,8 @@ async function run(): Promise<number> {
     return result.version;
   } catch (error) {
     if (error instanceof ChronicleError && error.reason === CLIENT_REASONS.UNKNOWN_FIELD) return -1;
+    const stale: ServerReason = REASONS.WRONG_EXPECTED_VERSION;
+    if (error instanceof ChronicleError && error.reason === stale) return -2;
     throw error;
   }
 }
@@ -90,10 +92,11 @@ void run();
 
 // Errors a typed usage file must give: a wrong option, a number where a result's string is.
 const MISUSE_TS = `
-import { ChronicleClient } from '@chronicle/client';
+import { ChronicleClient, REASONS } from '@chronicle/client';
 const client = new ChronicleClient('x', { keepaliveSecond: 5 });
 const id: number = (await client.getAggregate('a')).aggregate_id;
 await client.updateGroup('g', { ackTimeout: 5 });
+console.log(REASONS.WRONG_EXPECTED_VERSON);
 `;
 
 function run(command, args, options) {
@@ -170,4 +173,5 @@ test('the shipped types check a typed usage file with tsc --strict, and catch mi
   assert.match(misuse.output, /keepaliveSecond/);
   assert.match(misuse.output, /misuse\.ts\(4,7\).*not assignable to type 'number'/);
   assert.match(misuse.output, /misuse\.ts\(5,.*'ackTimeout' does not exist in type 'GroupSettings'/);
+  assert.match(misuse.output, /misuse\.ts\(6,.*'WRONG_EXPECTED_VERSON' does not exist/); // a misspelt reason
 });

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 
 const repository = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
-function python() {
+export function python() {
   if (process.env.CHRONICLE_PYTHON) return process.env.CHRONICLE_PYTHON;
   const venv = path.join(repository, '.venv', 'bin', 'python');
   return fs.existsSync(venv) ? venv : 'python3';
