@@ -34,7 +34,7 @@
     chronicle masterkey ID                   # a new master key line for --master-key-file
     chronicle masterkey --tenant T ID        # one of tenant T's own (docs/security.md, per-tenant keys)
     chronicle export [FILE] [--snapshots] [--commands] [--aggregate ID] [--format binary|jsonl]
-    chronicle import FILE [--overwrite] [--restore-deleted]
+    chronicle import FILE [--overwrite] [--restore-deleted] [--derive-per-tenant-claims]
     chronicle convert-eventsourcing FILE --from-url URL --table T --mapping MODULE:FUNCTION
     chronicle delete ACCOUNT [--expected-version N] [--reason TEXT]   # tombstone it (admin)
     chronicle archive FOLDER --type Account [--last-event T] [--untouched-for 365d] [--limit N]
@@ -1657,6 +1657,7 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
         restore_deleted=args.restore_deleted,
         even_if_read_models_behind=args.even_if_read_models_behind,
         read_models_wait=args.read_models_wait,
+        derive_per_tenant_claims=args.derive_per_tenant_claims,
     )
     leave_out = frozenset(args.leave_out or ())
     if args.database_url:
@@ -1752,6 +1753,7 @@ def _send_import(
                 request.options.overwrite = options.overwrite
                 request.options.restore_deleted = options.restore_deleted
                 request.options.even_if_read_models_behind = options.even_if_read_models_behind
+                request.options.derive_per_tenant_claims = options.derive_per_tenant_claims
                 # At least 1 ms: 0 would be the server's default.
                 request.options.read_models_wait_ms = max(1, round(options.read_models_wait * 1000))
             yield request
@@ -1794,6 +1796,8 @@ def _import_done(counts: dict[str, Any]) -> str:
     done = f"done: {counts['events_written']:,} events written, {counts['events_skipped']:,} already there"
     if counts.get("forgotten_skipped"):
         done += f"; {counts['forgotten_skipped']:,} records of forgotten aggregates left out"
+    if counts.get("global_claims_left_out"):
+        done += f"; {counts['global_claims_left_out']:,} global claims of per-tenant scopes left out"
     if counts.get("claims_derived"):
         done += f"; {counts['claims_derived']:,} claims derived from the state of the imported aggregates"
     if counts.get("claims_released"):
@@ -2540,6 +2544,12 @@ def build_parser() -> argparse.ArgumentParser:
         " otherwise); rebuild the projections it names after",
     )
     _read_models_wait_option(import_)
+    import_.add_argument(
+        "--derive-per-tenant-claims",
+        action="store_true",
+        help="switch claims scopes to per tenant: leave out claim records global in a scope the plugins declare per"
+        " tenant, and derive them from the aggregates' state in their tenant (docs/plugins.md, Unique per tenant)",
+    )
     import_.add_argument(
         "--leave-out",
         action="append",

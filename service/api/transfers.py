@@ -128,6 +128,7 @@ class Transfers:
             restore_deleted=requested.restore_deleted,
             even_if_read_models_behind=requested.even_if_read_models_behind,
             read_models_wait=_read_models_wait(requested.read_models_wait_ms),
+            derive_per_tenant_claims=requested.derive_per_tenant_claims,
         )
 
         def make(checking_only: bool) -> Importer:
@@ -212,6 +213,7 @@ def response(summary: ImportSummary) -> pb.ImportLogResponse:
         claims_released=summary.claims_released,
         projections_to_rebuild=sorted(summary.projections_to_rebuild),
         read_model_keys_skipped=summary.read_model_keys_skipped,
+        global_claims_left_out=summary.global_claims_left_out,
     )
 
 
@@ -229,6 +231,11 @@ def described(summary: ImportSummary) -> str:
         + (
             f"; {summary.read_model_keys_skipped} read models' data keys passed over"
             if summary.read_model_keys_skipped
+            else ""
+        )
+        + (
+            f"; {summary.global_claims_left_out} global claims of per-tenant scopes left out"
+            if summary.global_claims_left_out
             else ""
         )
         + (f"; {summary.claims_derived} claims derived" if summary.claims_derived else "")

@@ -102,6 +102,11 @@ class ClaimsToDerive:
             if aggregate_type is not None and aggregate_type.held_claims is not None:
                 self._declaring[stored.aggregate_id] = aggregate_type
 
+    def declaring(self, aggregate_id: str) -> bool:
+        """Whether the stream brought events of ``aggregate_id``, of a type
+        that declares its claims, its last one seen not a tombstone."""
+        return aggregate_id in self._declaring
+
     async def claims(self, head_version: HeadVersion, only: Collection[str] | None = None) -> Derived:
         """The declared claims of the aggregates seen (``only`` those, when
         given), each with the version its state was loaded at."""

@@ -125,6 +125,7 @@ from service.transfer.records import (
     stored_event,
     stored_snapshot,
 )
+from service.transfer.scope_switch import check_switching, left_out_to_derive
 from service.transfer.sealing import AsStored, ImportSealing
 from service.transfer.stream import EXPORT_INCOMPLETE, FORMAT
 
@@ -150,6 +151,9 @@ class ImportOptions:
     # before refusing (READ_MODELS_BEHIND): one lagging by milliseconds,
     # as right after a delete, is no reason to refuse.
     read_models_wait: float = DEFAULT_READ_MODELS_WAIT
+    # Leave out claim records global in a scope declared per tenant, and
+    # derive them per tenant from the aggregates' state (scope_switch.py).
+    derive_per_tenant_claims: bool = False
 
 
 @dataclass(slots=True)
@@ -171,6 +175,8 @@ class ImportSummary:
     aggregates_without_claims: int = 0
     # Claims the touched aggregates held and their state no longer declares (claims.py).
     claims_released: int = 0
+    # Claim records global in a scope declared per tenant, left out to be derived (scope_switch.py).
+    global_claims_left_out: int = 0
     # Projections (name: checkpoint) the events this import replaced leave
     # unlike a rebuild (read_models.py): they must be rebuilt.
     projections_to_rebuild: dict[str, int] = field(default_factory=dict)
@@ -268,6 +274,8 @@ class Importer:
         self.summary.records += 1
         if index == 0:
             self._check_header(record, where)
+            if self._options.derive_per_tenant_claims:
+                check_switching(self._registry)
             await self._sealing.start(self._store)
             self._log_head_at_start = await self._store.log.log_head()
             if self._log_head_at_start == 0 and not self._checking_only:
@@ -302,7 +310,12 @@ class Importer:
         elif isinstance(stored, Snapshot):
             self._check_state(stored, f"{where}.snapshot")
         elif isinstance(stored, HeldClaim) and self._registry is not None:
-            _check_claim_scope(self._registry, stored, f"{where}.claim.scope")
+            deriving = self._options.derive_per_tenant_claims
+            if left_out_to_derive(self._registry, self._to_derive, stored, f"{where}.claim.scope", deriving=deriving):
+                # Counted as received (the end record announces it), never written.
+                self._received[kind] += 1
+                self.summary.global_claims_left_out += 1
+                return
         self._sealing.check(stored, index)
         self._to_derive.saw(stored)
         self._received[kind] += 1
@@ -873,20 +886,6 @@ class Importer:
         self.summary.aggregates_replaced += 1
         if self._on_replaced is not None:
             self._on_replaced(aggregate_id)
-
-
-def _check_claim_scope(registry: Registry, claim: HeldClaim, where: str) -> None:
-    """A claim given global in a scope the plugins declare per tenant (a
-    conversion's mapping, an export of before the declaration) would be
-    checked by no one: refused (BAD_RECORD) as it comes, as any bad record
-    (what earlier batches wrote stays)."""
-    if claim.scope in registry.per_tenant_claim_scopes:
-        raise InvalidInput.for_field(
-            where,
-            f"{claim.scope!r} is declared per tenant, and this claim of {claim.aggregate_id!r} is global: leave"
-            " it out and let the plugin's claims declaration derive it, in the aggregate's tenant",
-            reason=BAD_RECORD,
-        )
 
 
 def _claim_order(claim: HeldClaim) -> tuple[str, str]:

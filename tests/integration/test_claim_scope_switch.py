@@ -1,0 +1,200 @@
+"""Switching a claims scope from global to per tenant (docs/plugins.md,
+"Unique per tenant"; docs/export-format.md, "Claims"), over a real server
+and a real gRPC client: the old store, whose plugin declared the scope
+global, is exported; a new store, whose plugin declares it per tenant,
+imports the export with ``derive_per_tenant_claims``. The global claim
+records are left out (the end record's counts still hold), each
+aggregate's claim is derived in its tenant, the new server starts again
+(no CLAIM_SCOPE_SWITCHED), another tenant may take a value and the same
+tenant may not. On SQLite and PostgreSQL; the refusals on memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from chronicle.v1 import admin_service_pb2, export_pb2
+from domain_plugins.users.protos.users.v1 import users_pb2 as pb
+from service.claim_scopes import tenant_scope
+from service.plugins import CommandContext, Plugin
+from service.plugins.registry import Registry
+from service.store.base import StoreAdapter
+from service.store.memory import MemoryStore
+from service.store.postgres import PostgresStore
+from service.store.sqlite import SqliteStore
+from tests.support.grpc_client import Client, command, details_of, running_server
+from tests.support.postgres import Cluster
+from tests.support.transfer import exported, kinds
+
+EMAIL = "members.email"
+ANN = "ann@x.example"
+BOB = "bob@x.example"
+
+
+def members(*, per_tenant: bool, declares_claims: bool = True) -> Plugin:
+    """Members registered with an address unique in ``members.email``, per
+    tenant or across all, and (``declares_claims``) the claims their state
+    holds declared, which an import derives them from."""
+    plugin = Plugin("members")
+    scope = plugin.claims_scope(EMAIL, per_tenant=per_tenant)
+    member = plugin.aggregate("Member", state=pb.User)
+
+    @member.command(pb.RegisterUser, creates=True)
+    def register(command: pb.RegisterUser, state: pb.User, context: CommandContext) -> pb.UserRegistered:
+        context.claim(scope, command.email)
+        return pb.UserRegistered(email=command.email, name=command.name)
+
+    @member.apply(pb.UserRegistered)
+    def _registered(state: pb.User, event: pb.UserRegistered) -> None:
+        state.email = event.email
+
+    if declares_claims:
+
+        @member.claims
+        def _held(state: pb.User) -> list[tuple[str, str]]:
+            return [(scope, state.email)]
+
+    return plugin
+
+
+StoreOf = Callable[[str], StoreAdapter]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_of(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreOf]:
+    """A store by name: each name its own database, the same one when asked again."""
+    if request.param == "sqlite":
+        yield lambda name: SqliteStore(tmp_path / f"{name}.db")
+        return
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    urls: dict[str, str] = {}
+
+    def postgres(name: str) -> StoreAdapter:
+        if name not in urls:
+            urls[name] = cluster.create_database()
+        return PostgresStore(urls[name], pool_size=2)
+
+    yield postgres
+    for url in urls.values():
+        cluster.drop_database(url)
+
+
+@asynccontextmanager
+async def server(store: StoreAdapter, *, per_tenant: bool, declares_claims: bool = True) -> AsyncIterator[Client]:
+    registry = Registry([members(per_tenant=per_tenant, declares_claims=declares_claims)])
+    async with running_server(store, registry=registry, anonymous_admin=True) as (_, client):
+        yield client
+
+
+async def register(client: Client, aggregate_id: str, email: str = ANN) -> None:
+    await client.submit(command(aggregate_id, pb.RegisterUser(email=email, name="Ann")))
+
+
+async def refused_reason(client: Client, aggregate_id: str, email: str = ANN) -> tuple[str, dict[str, str]]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await register(client, aggregate_id, email)
+    details = details_of(raised.value)
+    return details.reason, details.metadata
+
+
+async def switched(
+    client: Client, records: list[export_pb2.ExportRecord], *, derive: bool = True
+) -> admin_service_pb2.ImportLogResponse:
+    """``ImportLog`` of ``records`` with ``derive_per_tenant_claims``."""
+
+    async def requests() -> AsyncIterator[admin_service_pb2.ImportLogRequest]:
+        for index, record in enumerate(records):
+            request = admin_service_pb2.ImportLogRequest(record=record)
+            if index == 0:
+                request.options.derive_per_tenant_claims = derive
+            yield request
+
+    response: admin_service_pb2.ImportLogResponse = await client.admin.ImportLog(requests(), timeout=60)
+    return response
+
+
+async def import_refused(client: Client, records: list[export_pb2.ExportRecord], *, derive: bool = True) -> str:
+    """The reason ``switched`` is refused, its message after it."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await switched(client, records, derive=derive)
+    details = details_of(raised.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    return f"{details.reason}: {raised.value.details()}"
+
+
+async def global_export(*aggregates: tuple[str, str]) -> list[export_pb2.ExportRecord]:
+    """The export of a store whose plugin declared the scope global, where
+    each (aggregate, address) of ``aggregates`` registered."""
+    async with server(MemoryStore(), per_tenant=False) as client:
+        for aggregate_id, email in aggregates:
+            await register(client, aggregate_id, email)
+        return await exported(client)
+
+
+async def test_an_export_of_global_claims_imports_per_tenant_with_derive_per_tenant_claims(store_of: StoreOf) -> None:
+    async with server(store_of("old"), per_tenant=False) as client:
+        await register(client, "acme:m-1", ANN)
+        await register(client, "globex:m-2", BOB)
+        assert (await refused_reason(client, "globex:m-3", ANN))[0] == "NOT_UNIQUE"  # global: across tenants
+        records = await exported(client)
+    assert {(r.claim.scope, r.claim.value) for r in records if r.HasField("claim")} == {(EMAIL, ANN), (EMAIL, BOB)}
+
+    async with server(store_of("new"), per_tenant=True) as client:
+        summary = await switched(client, records)
+        assert (
+            summary.global_claims_left_out,
+            summary.claims_derived,
+            summary.claims_written,
+            summary.aggregates_without_claims,
+        ) == (2, 2, 2, 0)
+        stored = {
+            (r.claim.scope, r.claim.value, r.claim.aggregate_id) for r in await exported(client) if r.HasField("claim")
+        }
+        assert stored == {
+            (tenant_scope(EMAIL, "acme"), ANN, "acme:m-1"),
+            (tenant_scope(EMAIL, "globex"), BOB, "globex:m-2"),
+        }
+
+    async with server(store_of("new"), per_tenant=True) as client:  # starts: no global claim in the scope
+        await register(client, "globex:m-3", ANN)  # another tenant: its own now
+        assert await refused_reason(client, "acme:m-4", ANN) == ("NOT_UNIQUE", {"scope": EMAIL, "tenant": "acme"})
+        assert (await refused_reason(client, "globex:m-5", BOB))[0] == "NOT_UNIQUE"
+        await register(client, "acme:m-6", BOB)
+
+
+async def test_without_the_option_a_global_claim_in_a_per_tenant_scope_is_refused_and_names_the_option() -> None:
+    records = await global_export(("acme:m-1", ANN))
+    async with server(MemoryStore(), per_tenant=True) as client:
+        refusal = await import_refused(client, records, derive=False)
+    assert refusal.startswith("BAD_RECORD: ")
+    assert "'members.email' is declared per tenant" in refusal and "--derive-per-tenant-claims" in refusal
+
+
+async def test_a_claim_of_a_type_that_declares_no_claims_is_refused_not_dropped() -> None:
+    """Left out, nothing would take its value again."""
+    records = await global_export(("acme:m-1", ANN))
+    async with server(MemoryStore(), per_tenant=True, declares_claims=False) as client:
+        refusal = await import_refused(client, records)
+        assert refusal.startswith("BAD_RECORD: ") and "cannot be derived per tenant" in refusal
+        assert "@aggregate.claims" in refusal
+        assert not [r for r in await exported(client) if r.HasField("claim")]
+
+
+async def test_a_claim_of_an_aggregate_of_no_tenant_is_refused() -> None:
+    records = await global_export(("m-1", ANN))
+    async with server(MemoryStore(), per_tenant=True) as client:
+        refusal = await import_refused(client, records)
+    assert refusal.startswith("BAD_RECORD: ") and "names no tenant" in refusal
+
+
+async def test_the_option_with_no_scope_declared_per_tenant_is_refused_before_anything_is_written() -> None:
+    """A server still on the old plugin: the switch would leave the claims global."""
+    records = await global_export(("acme:m-1", ANN))
+    async with server(MemoryStore(), per_tenant=False) as client:
+        refusal = await import_refused(client, records)
+        assert refusal.startswith("NO_PER_TENANT_SCOPES: ")
+        assert kinds(await exported(client)) == ["header", "end"]
