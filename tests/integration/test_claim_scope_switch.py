@@ -6,10 +6,13 @@ imports the export with ``derive_per_tenant_claims``. The global claim
 records are left out (the end record's counts still hold), each
 aggregate's claim is derived in its tenant, the new server starts again
 (no CLAIM_SCOPE_SWITCHED), another tenant may take a value and the same
-tenant may not. On SQLite and PostgreSQL; the refusals on memory."""
+tenant may not. On SQLite and PostgreSQL; the refusals on memory; the
+command line's ``--derive-per-tenant-claims`` on a file, as an operator runs it."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,45 +23,21 @@ import pytest
 from chronicle.v1 import admin_service_pb2, export_pb2
 from domain_plugins.users.protos.users.v1 import users_pb2 as pb
 from service.claim_scopes import tenant_scope
-from service.plugins import CommandContext, Plugin
 from service.plugins.registry import Registry
 from service.store.base import StoreAdapter
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
+from service.transfer.files import write_all
+from service.transfer.stream import BINARY, Writer
 from tests.support.grpc_client import Client, command, details_of, running_server
+from tests.support.import_claims import chronicle
 from tests.support.postgres import Cluster
+from tests.support.tenant_members import EMAIL, members
 from tests.support.transfer import exported, kinds
 
-EMAIL = "members.email"
 ANN = "ann@x.example"
 BOB = "bob@x.example"
-
-
-def members(*, per_tenant: bool, declares_claims: bool = True) -> Plugin:
-    """Members registered with an address unique in ``members.email``, per
-    tenant or across all, and (``declares_claims``) the claims their state
-    holds declared, which an import derives them from."""
-    plugin = Plugin("members")
-    scope = plugin.claims_scope(EMAIL, per_tenant=per_tenant)
-    member = plugin.aggregate("Member", state=pb.User)
-
-    @member.command(pb.RegisterUser, creates=True)
-    def register(command: pb.RegisterUser, state: pb.User, context: CommandContext) -> pb.UserRegistered:
-        context.claim(scope, command.email)
-        return pb.UserRegistered(email=command.email, name=command.name)
-
-    @member.apply(pb.UserRegistered)
-    def _registered(state: pb.User, event: pb.UserRegistered) -> None:
-        state.email = event.email
-
-    if declares_claims:
-
-        @member.claims
-        def _held(state: pb.User) -> list[tuple[str, str]]:
-            return [(scope, state.email)]
-
-    return plugin
 
 
 StoreOf = Callable[[str], StoreAdapter]
@@ -198,3 +177,24 @@ async def test_the_option_with_no_scope_declared_per_tenant_is_refused_before_an
         refusal = await import_refused(client, records)
         assert refusal.startswith("NO_PER_TENANT_SCOPES: ")
         assert kinds(await exported(client)) == ["header", "end"]
+
+
+def test_the_command_line_switches_an_export_file_into_a_new_store(tmp_path: Path) -> None:
+    """``chronicle import FILE --derive-per-tenant-claims --database-url``,
+    the plugin declaring the scope per tenant: refused without the flag
+    (BAD_RECORD naming it), imported with it."""
+    records = asyncio.run(global_export(("acme:m-1", ANN), ("globex:m-2", BOB)))
+    export = tmp_path / "old.chronicle"
+    with export.open("wb") as out:
+        write_all(records, Writer(out, BINARY), None)
+    url = f"sqlite:///{tmp_path}/new.db"
+    plugins = {"CHRONICLE_DISCOVER_PLUGINS": "false", "CHRONICLE_PLUGINS": "tests.support.tenant_members:per_tenant"}
+
+    without = chronicle("import", str(export), "--database-url", url, "--quiet", env=plugins, check=False)
+    assert without.returncode != 0
+    assert "BAD_RECORD" in without.stderr and "--derive-per-tenant-claims" in without.stderr
+
+    done = chronicle("import", str(export), "--derive-per-tenant-claims", "--database-url", url, env=plugins)
+    summary = json.loads(done.stdout)
+    assert (summary["global_claims_left_out"], summary["claims_derived"], summary["claims_written"]) == (2, 2, 2)
+    assert "2 global claims of per-tenant scopes left out" in done.stderr
