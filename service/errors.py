@@ -732,10 +732,16 @@ class ClaimScopeSwitched(ConfigurationError):
         )
         declared = "per tenant" if per_tenant else "global"
         back = "global" if per_tenant else "per tenant (per_tenant=True)"
+        # Only this way has a procedure: two tenants may hold one value, which one global scope cannot.
+        move = (
+            "or move its claims: export this store, and import the export into a new one with `chronicle import"
+            " --derive-per-tenant-claims`"
+            if per_tenant
+            else "as no import moves its claims"
+        )
         super().__init__(
             f"claims scope {scope!r} is declared {declared}, but {held}: they would no longer be checked, so a value"
-            f' held could be claimed again. Declare it {back} again, or move its claims (docs/plugins.md, "Unique per'
-            ' tenant")',
+            f' held could be claimed again. Declare it {back} again, {move} (docs/plugins.md, "Unique per tenant")',
             metadata={"scope": scope, "declared": "per_tenant" if per_tenant else "global"},
         )
 

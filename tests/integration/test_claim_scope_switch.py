@@ -25,6 +25,7 @@ from domain_plugins.users.protos.users.v1 import users_pb2 as pb
 from service.claim_scopes import tenant_scope
 from service.plugins.registry import Registry
 from service.store.base import StoreAdapter
+from service.store.encryption import new_master_key
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
@@ -33,6 +34,7 @@ from service.transfer.stream import BINARY, Writer
 from tests.support.grpc_client import Client, command, details_of, running_server
 from tests.support.import_claims import chronicle
 from tests.support.postgres import Cluster
+from tests.support.security import write
 from tests.support.tenant_members import EMAIL, members
 from tests.support.transfer import exported, kinds
 
@@ -63,9 +65,12 @@ def store_of(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreOf
 
 
 @asynccontextmanager
-async def server(store: StoreAdapter, *, per_tenant: bool, declares_claims: bool = True) -> AsyncIterator[Client]:
+async def server(
+    store: StoreAdapter, *, per_tenant: bool, declares_claims: bool = True, keys_file: str = ""
+) -> AsyncIterator[Client]:
     registry = Registry([members(per_tenant=per_tenant, declares_claims=declares_claims)])
-    async with running_server(store, registry=registry, anonymous_admin=True) as (_, client):
+    served = running_server(store, registry=registry, anonymous_admin=True, master_key_file=keys_file)
+    async with served as (_, client):
         yield client
 
 
@@ -143,6 +148,27 @@ async def test_an_export_of_global_claims_imports_per_tenant_with_derive_per_ten
         assert await refused_reason(client, "acme:m-4", ANN) == ("NOT_UNIQUE", {"scope": EMAIL, "tenant": "acme"})
         assert (await refused_reason(client, "globex:m-5", BOB))[0] == "NOT_UNIQUE"
         await register(client, "acme:m-6", BOB)
+
+
+async def test_encrypted_claims_are_derived_under_each_tenants_key(tmp_path: Path) -> None:
+    """Under encryption at rest a global claim's value is a hash under the
+    scope's key, which no tenant's scope shares: the claim is derived from
+    the state (which the server opens), and hidden under the tenant's key."""
+    keys = write(tmp_path / "master.keys", "\n".join(f"{k}:{new_master_key()}" for k in ("k1", "acme:1", "globex:1")))
+    async with server(MemoryStore(), per_tenant=False, keys_file=keys) as client:
+        await register(client, "acme:m-1", ANN)
+        records = await exported(client)
+    [hidden] = [r.claim.value for r in records if r.HasField("claim")]
+    assert hidden != ANN  # a keyed hash under the scope's key
+
+    async with server(MemoryStore(), per_tenant=True, keys_file=keys) as client:
+        summary = await switched(client, records)
+        assert (summary.global_claims_left_out, summary.claims_derived, summary.claims_written) == (1, 1, 1)
+        [claim] = [r.claim for r in await exported(client) if r.HasField("claim")]
+        assert (claim.scope, claim.aggregate_id) == (tenant_scope(EMAIL, "acme"), "acme:m-1")
+        assert claim.value != ANN
+        await register(client, "globex:m-2", ANN)
+        assert (await refused_reason(client, "acme:m-3", ANN))[0] == "NOT_UNIQUE"
 
 
 async def test_without_the_option_a_global_claim_in_a_per_tenant_scope_is_refused_and_names_the_option() -> None:

@@ -149,6 +149,7 @@ async def test_a_scope_declared_per_tenant_over_its_global_claims_does_not_start
         "CLAIM_SCOPE_SWITCHED",
         {"scope": EMAIL, "declared": "per_tenant"},
     )
+    assert "import --derive-per-tenant-claims" in switched.value.message  # the way over (test_claim_scope_switch.py)
     async with server(SqliteStore(path), None, per_tenant=False) as client:  # declared as it was: starts
         assert (await refused(client, "acme:m-2"))[1] == "NOT_UNIQUE"
 
@@ -164,6 +165,7 @@ async def test_a_scope_declared_global_over_its_tenants_claims_does_not_start(si
         "CLAIM_SCOPE_SWITCHED",
         {"scope": EMAIL, "declared": "global"},
     )
+    assert "no import moves its claims" in switched.value.message
     async with server(site.store(), None) as client:  # declared as it was: starts, and checks per tenant
         assert (await refused(client, "acme:m-2"))[1] == "NOT_UNIQUE"
 
