@@ -66,6 +66,7 @@ from service.plugins.registry import Registry
 from service.principal import Principal, reaction_principal
 from service.processing.executor import CommandExecutor
 from service.processing.held_events import MAX_SUBSCRIPTION_MESSAGE_BYTES, HeldEvents
+from service.processing.log_rewinds import LogRewindWatch
 from service.processing.memory_limit import check_cache_memory
 from service.processing.middleware import Pipeline
 from service.processing.payload_json import payload_json
@@ -289,6 +290,7 @@ class Application:
     server: grpc.aio.Server
     port: int
     monitor: StoreMonitor
+    rewind_watch: LogRewindWatch
     subscriptions: Subscriptions
     groups: SubscriptionGroups
     projections: Projections
@@ -325,6 +327,7 @@ class Application:
         grace = self.settings.shutdown_grace if grace is None else grace
         drain = self.settings.shutdown_drain if drain is None else drain
         await self.monitor.stop()
+        await self.rewind_watch.stop()
         # Counted before they are ended below: the summary's.
         streams = self.subscriptions.active + self.groups.active
         if self.security_reloader is not None:
@@ -711,6 +714,15 @@ async def start(
         keys=roles.keys,
         max_document_bytes=max_document_bytes,
     )
+    # The highest end of the primary's log this server saw: one going back
+    # under it (a failover, a restore under a running server) is a WARNING
+    # and a count (processing/log_rewinds.py). Not the standby's: one behind
+    # is lagging, not rewound.
+    rewind_watch = LogRewindWatch(
+        roles.log,
+        interval=settings.health_interval,
+        on_rewind=metrics.log_rewinds.inc if metrics is not None else None,
+    )
     # Subscription groups read the primary's log: their checkpoints are
     # written there, and must never run ahead of what a consumer was sent.
     groups = SubscriptionGroups(
@@ -724,6 +736,7 @@ async def start(
         held=held,
         replica=lambda: leases.member,  # its address is set once the server listens
         max_message_bytes=settings.max_message_bytes,
+        watch=rewind_watch,
     )
     group_service = SubscriptionGroupService(
         groups=groups, log=roles.log, registry=registry, authorizer=authorizer, audit=audit
@@ -894,6 +907,7 @@ async def start(
     monitor = StoreMonitor(roles.lifecycle, health, interval=settings.health_interval)
     await monitor.check()
     monitor.start()
+    rewind_watch.start()
     projections.start()
     pruner = Pruner(
         roles.retention,
@@ -972,6 +986,7 @@ async def start(
         server=server,
         port=port,
         monitor=monitor,
+        rewind_watch=rewind_watch,
         subscriptions=subscriptions,
         groups=groups,
         projections=projections,

@@ -97,7 +97,9 @@ from service.errors import (
     StoreUnavailable,
     quoted,
 )
+from service.processing.group_rewinds import GroupRewinds, went_back_under
 from service.processing.held_events import MAX_SUBSCRIPTION_MESSAGE_BYTES, HeldEvents, size_of
+from service.processing.log_rewinds import LogRewindWatch
 from service.processing.read_floor import ReadFloor
 from service.processing.sendable import check_sendable, sendable_event_bytes
 from service.processing.upcasting import EventReader
@@ -343,8 +345,13 @@ class ConsumerSession:
         stalled: Callable[[ConsumerSession], None] | None = None,
         replica: Callable[[], LeaseMember] = lambda: LeaseMember("", ""),
         sendable_bytes: int | None = None,
+        rewinds: GroupRewinds | None = None,
+        watch: LogRewindWatch | None = None,
     ) -> None:
-        """``sendable_bytes``: the largest event this server sends
+        """``rewinds``: what this server's sessions of the group read, which
+        this one adds to and tells of a rewind it finds
+        (``processing/group_rewinds.py``); ``watch``: the server's, told too.
+        ``sendable_bytes``: the largest event this server sends
         (processing/sendable.py; None: any); a larger one is parked, never
         delivered. ``held``: the server's account of what its subscriptions and
         consumer sessions hold (the room to read ahead, the sweep of
@@ -356,7 +363,10 @@ class ConsumerSession:
         self.spec = spec
         self._replica = replica
         self._deliveries = deliveries if deliveries is not None else Deliveries()
+        self.consumer = consumer
         self.member_id = f"{consumer}#{uuid.uuid4().hex[:8]}"
+        self._rewinds = rewinds if rewinds is not None else GroupRewinds(spec.name)
+        self._watch = watch
         self._max_in_flight = max_in_flight
         self._max_queued = max(1000, 10 * max_in_flight)
         self._groups = groups
@@ -1109,6 +1119,9 @@ class ConsumerSession:
                 self.spec.name,
                 self.member_id,
             )
+            self._rewinds.rewound(self.consumer, floor.position, head)
+            if self._watch is not None:
+                self._watch.went_back(floor.position, head)
             raise LogRewound(
                 f"the log went back from position {floor.position} to {head} (restored from an older copy, or"
                 " failed over to a standby that lost commits; or it went back and was written past"
@@ -1118,6 +1131,7 @@ class ConsumerSession:
                 metadata={"position": str(floor.position), "log_head": str(head), "group": self.spec.name},
             )
         floor.advance(page)
+        self._rewinds.read(floor)
 
     def _take_page(self, stored_events: Sequence[RecordedEvent], reading: list[_Segment]) -> int:
         """Queue the page's events of the segments read; how many event
@@ -1390,8 +1404,11 @@ class SubscriptionGroups:
         held: HeldEvents | None = None,
         replica: Callable[[], LeaseMember] = lambda: LeaseMember("", ""),
         max_message_bytes: int | None = None,
+        watch: LogRewindWatch | None = None,
     ) -> None:
-        """``held``: the server's account of what its subscriptions hold,
+        """``watch``: the server's memory of its log's end, told when a
+        session finds the log gone back (``processing/log_rewinds.py``).
+        ``held``: the server's account of what its subscriptions hold,
         which its consumer sessions share (``ConsumerSession``).
         ``replica``: this server's member id and API address, as its
         sessions report them (known once the server listens).
@@ -1413,6 +1430,9 @@ class SubscriptionGroups:
         # again starts afresh; one whose settings were updated does not),
         # what its sessions sent and did not settle.
         self._deliveries: dict[tuple[str, str], Deliveries] = {}
+        # Per group (as ``_deliveries``), how far its sessions here read the log.
+        self._rewinds: dict[tuple[str, str], GroupRewinds] = {}
+        self._watch = watch
         self._closing_sessions: set[asyncio.Future[None]] = set()
         self._closing = False
 
@@ -1423,6 +1443,9 @@ class SubscriptionGroups:
     async def open(self, spec: GroupSpec, *, consumer: str, max_in_flight: int) -> ConsumerSession:
         if self._closing:
             raise shutting_down()
+        rewinds = self._rewinds_of(spec)
+        await self._check_not_rewound(rewinds, consumer)
+        rewinds.served.add(consumer)
         session = ConsumerSession(
             spec,
             consumer=consumer,
@@ -1440,6 +1463,8 @@ class SubscriptionGroups:
             stalled=self.release,
             replica=self._replica,
             sendable_bytes=self._sendable_bytes,
+            rewinds=rewinds,
+            watch=self._watch,
         )
         await session.start()
         self._sessions.add(session)
@@ -1454,6 +1479,46 @@ class SubscriptionGroups:
                 del self._deliveries[gone]
             deliveries = self._deliveries[spec.name, spec.incarnation] = Deliveries()
         return deliveries
+
+    def _rewinds_of(self, spec: GroupSpec) -> GroupRewinds:
+        key = (spec.name, spec.incarnation)
+        rewinds = self._rewinds.get(key)
+        if rewinds is None:
+            # A group made again (another incarnation) read nothing yet.
+            for gone in [known for known in self._rewinds if known[0] == spec.name]:
+                del self._rewinds[gone]
+            rewinds = self._rewinds[key] = GroupRewinds(spec.name)
+        return rewinds
+
+    async def _check_not_rewound(self, rewinds: GroupRewinds, consumer: str) -> None:
+        """LogRewound when the log went back under what this server's
+        sessions of the group read (or went back earlier, found by another
+        consumer's session, and ``consumer`` was served the old log): its
+        sessions broke with the store (a failover) and this one would start
+        afresh from the group's checkpoints, delivering the new events at
+        the reused positions as the next ones (``processing/group_rewinds.py``)."""
+        told = rewinds.to_tell.pop(consumer, None)
+        if told is not None:
+            raise rewinds.refusal(*told)
+        floor = rewinds.floor
+        if not floor.position:
+            return
+        head = await went_back_under(floor, self._log)
+        if head is None:
+            return
+        rewinds.rewound(consumer, floor.position, head)
+        log.warning(
+            "the log went back under %d, which subscription group %s had read (its end is %d): restored or failed"
+            " over? Consumer %s and the group's other consumers served here before are ended with LOG_REWOUND"
+            " once each; the group resumes from its checkpoints as the database holds them",
+            floor.position,
+            rewinds.group,
+            head,
+            consumer,
+        )
+        if self._watch is not None:
+            self._watch.went_back(floor.position, head)
+        raise rewinds.refusal(floor.position, head)
 
     def release(self, session: ConsumerSession) -> None:
         """End ``session`` in the background: the stream's status goes out

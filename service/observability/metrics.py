@@ -208,6 +208,12 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(version=VERSION, commit=commit() or "unknown").set(1)
+        self.log_rewinds = Counter(
+            "chronicle_log_rewinds",
+            "Times this replica found its store's log gone back under what it had seen (a failover that lost"
+            " commits, a restore into the live database): docs/observability.md",
+            registry=r,
+        )
         self.store_up = Gauge(
             "chronicle_store_up",
             "1 while the store answers this replica's health pings (reachable, whatever its schema), 0 while not",
