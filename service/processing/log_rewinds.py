@@ -5,13 +5,14 @@ database): the positions after the new end are handed out again, to other
 events, and every reader that kept a position of the old log is ahead of it.
 
 The log's head only grows in one database. ``LogRewindWatch`` keeps the
-highest head this server saw (its own look every ``interval`` seconds, and
-the heads its readers hand it), and when the head is below it says so once,
-in one WARNING, and counts it (``chronicle_log_rewinds_total``). A rewind
-that new writes carried past the old head before anyone looked shows in no
-head: the readers that find it by the event at their position
-(``read_floor.py``) report it here (``went_back``), counted once with a
-rewind the head showed.
+highest head this server saw (its own look every ``interval`` seconds; one
+look at a time, since heads read concurrently may answer out of order), and
+when the head is below it says so in one WARNING and counts it
+(``chronicle_log_rewinds_total``). A rewind that new writes carried past
+the old head before it looked shows in no head: the subscription groups'
+sessions that find one by the event at a position they read
+(``read_floor.py``, ``group_rewinds.py``) report it (``went_back``), and a
+rewind already counted that lost that position is not counted again.
 
 Kept in memory, per server: a server started after the rewind knows no
 higher head, and says nothing (its readers still refuse what they resume
