@@ -1111,8 +1111,10 @@ class ConsumerSession:
         if floor.went_back(page):
             head = page.head or 0
             self._rewound = True
+            # Its end above the floor: written past it since, only the event there tells.
+            gone_back = "from %d to %d" if head < floor.position else "under %d and was written past it (its end is %d)"
             log.warning(
-                "the log went back from %d to %d: restored or failed over? Subscription group %s: consumer %s"
+                "the log went back " + gone_back + ": restored or failed over? Subscription group %s: consumer %s"
                 " is ended with LOG_REWOUND, its checkpoints in memory not committed",
                 floor.position,
                 head,

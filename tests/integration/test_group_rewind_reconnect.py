@@ -29,6 +29,7 @@ import pytest
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.client import ChronicleClient, Delivery, LogRewound
+from service.errors import StoreUnavailable
 from tests.integration.test_log_rewind import FAST, Site, site, write
 from tests.support.grpc_client import Client, running_server
 from tests.support.metrics import sample, scrape
@@ -39,9 +40,9 @@ __all__ = ["site"]  # the fixture, shared with test_log_rewind.py
 REWINDS = "chronicle_log_rewinds_total"
 
 
-def serving(site: Site) -> AbstractAsyncContextManager[tuple[Application, Client]]:
+def serving(site: Site, *, poll_seconds: float = 0.2) -> AbstractAsyncContextManager[tuple[Application, Client]]:
     return running_server(
-        site.store(), anonymous_admin=True, poll_seconds=0.2, lease_seconds=1.5, metrics_listen="127.0.0.1:0"
+        site.store(), anonymous_admin=True, poll_seconds=poll_seconds, lease_seconds=1.5, metrics_listen="127.0.0.1:0"
     )
 
 
@@ -109,6 +110,29 @@ async def test_a_consumer_back_after_the_log_went_back_and_was_written_past_is_t
     ]
     said = [r.getMessage() for r in caplog.records if r.name == "service.processing.log_rewinds"]
     assert len(said) == 1 and said[0].startswith("the log went back"), said
+
+
+async def test_a_stream_broken_by_the_failover_and_reopened_by_the_client_ends_with_log_rewound(site: Site) -> None:
+    """As in a failover: the session breaks with the store (UNAVAILABLE)
+    before it reads the shorter log (its next look is 30 s away, and nothing
+    commits to wake it), the client's loop opens the stream again by itself,
+    and the loop raises LogRewound where it waited for 6 as the next event."""
+    async with serving(site, poll_seconds=30) as (app, _), ChronicleClient.connect(app.address, retry=FAST) as client:
+        await write(app.address, "acc-1", 7, open_it=True)  # 1..8
+        await client.groups.create("drgroup", segments=1)
+        async with client.consume("drgroup", consumer="first", reconnect_delay=0.01) as consuming:
+            deliveries = aiter(consuming)
+            for _ in range(8):
+                await (await asyncio.wait_for(anext(deliveries), 30)).ack()
+            await group_at(client, 8)
+            await site.go_back_to(5, group_checkpoints=5)  # no commit to wake the session: it does not read
+            (session,) = app.groups._sessions
+            session.fail(StoreUnavailable("the store went away (a failover)"))
+            # Written on the promoted standby meanwhile (before or after the client is back): 6, acc-9's.
+            await write(app.address, "acc-9", 0, open_it=True)
+            with pytest.raises(LogRewound) as ended:  # before: acc-9's 6 came, as the event after 5
+                await asyncio.wait_for(anext(deliveries), 30)
+        assert ended.value.metadata["position"] == "8" and ended.value.metadata["group"] == "drgroup"
 
 
 async def test_every_consumer_served_before_the_log_went_back_is_told_once(site: Site) -> None:
