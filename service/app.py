@@ -94,7 +94,7 @@ from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, refuse_if_sealed
 from service.store.factory import check_shared_by_processes, open_store, redacted_url, store_kind
-from service.store.features import ClusterFeatures, FeatureReader
+from service.store.features import TENANT_DOCUMENT_KEYS, ClusterFeatures, FeatureReader
 from service.store.leasing import LeaseMember
 from service.store.schema_use import SchemaUse
 from service.transfer.sealing import import_sealing
@@ -637,12 +637,20 @@ async def start(
         (*(p.name for p in registry.projections), *(r.name for r in registry.reactions)),
         adopts=True,
         logged=True,
+        # Sealed under tenants' keys once tenant_document_keys is on, which
+        # a replica of an older version reads as absent: never handed to one
+        # (service/cluster/leases.py, "Guarding"). Without encryption at rest
+        # they are stored as any read model's.
+        guarded=tenant_keyed if master_keys is not None else frozenset(),
     )
     leases = LeaseKeeper(
         roles.leases,
         member=LeaseMember(str(uuid.uuid4()), "", version=described_version()),
         groups=[partition_group(settings.partitions), *([projection_group] if projection_group.keys else [])],
         ttl=settings.lease_seconds,
+        guard_below_schema=(
+            adapter.feature_schemas()[TENANT_DOCUMENT_KEYS] if isinstance(adapter, FeatureReader) else None
+        ),
     )
     # A document is sent back alone in a message at most (GetDocument, a
     # ListDocuments page of one): half the limit leaves room for its key,

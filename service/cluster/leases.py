@@ -36,6 +36,18 @@ holder. From that view alone the keeper decides what to change:
   is never the one given up toward a fairer share: otherwise the lease a
   member stepped aside from would stay free while every member that can
   run it holds its share, or go back and forth.
+* **Guarding.** Some leases are work whose storage a cluster feature
+  changed (``service/store/features.py``: a ``tenant_keyed`` projection's
+  documents under tenants' keys), which a member of an older version
+  reads as absent and would build on. While a live member knows a schema
+  below the feature's migration (``guard_below_schema``), a member that
+  honours it neither gives such a lease up toward a fairer
+  share nor leaves one free that it can take (``plan_changes``'
+  ``guarded``): old members take only free leases, so holding them keeps
+  the old ones out for as long as any new member lives. The schema alone
+  decides, whether or not a feature is on yet: the member that turns one
+  on cannot tell the moment it does, and an old member that joins after
+  must find the leases already held.
 * **Fencing.** Every change of a lease's holder adds one to its epoch; the
   epoch a member took a lease at is its fencing token (``fencing``). Work
   whose commit checks the token (a projection's batch) cannot commit once
@@ -95,6 +107,9 @@ class LeaseGroup:
     # an operator looks for ("where does bank.transfers run now?"); not
     # the partitions', whose every move the topology already tells.
     logged: bool = False
+    # Leases never handed to a member behind the cluster features (module
+    # docstring, "Guarding").
+    guarded: frozenset[str] = frozenset()
 
 
 def fair_shares(member_ids: Sequence[str], total: int) -> dict[str, int]:
@@ -133,25 +148,28 @@ def plan_changes(
     shunned: frozenset[str] = frozenset(),
     adopted: frozenset[str] = frozenset(),
     unwanted: frozenset[str] = frozenset(),
+    guarded: frozenset[str] = frozenset(),
 ) -> Plan:
     """Toward ``member_id``'s fair share of ``view``: the leases to give up
     (above the share) or to take (below it, among the free ones it knows).
     ``shunned``: leases it stepped aside from, given up whatever its share
     and not taken; ``adopted``: leases it took above its share, kept;
     ``unwanted``: free leases nobody took for a while, taken above the
-    share (module docstring, "Stepping aside")."""
+    share (module docstring, "Stepping aside"); ``guarded``: leases kept,
+    and taken when free, whatever the share (a member behind the cluster
+    features is live: module docstring, "Guarding")."""
     target = fair_shares([m.member_id for m in view.members], len(view.leases)).get(member_id, 0)
     mine = [lease.name for lease in view.leases if lease.owner == member_id]
     stepping_aside = tuple(name for name in mine if name in shunned)
     kept = [name for name in mine if name not in shunned]
     if len(kept) > target:
-        givable = [name for name in kept if name not in adopted]
+        givable = [name for name in kept if name not in adopted and name not in guarded]
         least_wanted = sorted(givable, key=lambda name: preference(member_id, name))
         return Plan(release=stepping_aside + tuple(least_wanted[: len(kept) - target]))
     free = [lease.name for lease in view.leases if lease.owner is None and lease.name in known - shunned]
     most_wanted = sorted(free, key=lambda name: preference(member_id, name), reverse=True)
     room = target - len(kept)
-    adopting = tuple(name for name in most_wanted[room:] if name in unwanted)
+    adopting = tuple(name for name in most_wanted[room:] if name in unwanted or name in guarded)
     return Plan(release=stepping_aside, acquire=tuple(most_wanted[:room]) + adopting)
 
 
@@ -176,9 +194,9 @@ class _GroupState:
     adopted: set[str] = field(default_factory=set)
     free_since: dict[str, float] = field(default_factory=dict)
 
-    def planned(self, view: LeaseView, member_id: str, now: float, adopt_after: float) -> Plan:
+    def planned(self, view: LeaseView, member_id: str, now: float, adopt_after: float, guarded: frozenset[str]) -> Plan:
         """``plan_changes`` for this member, with what it stepped aside from
-        and adopted."""
+        and adopted, and the leases it guards now."""
         for name, until in list(self.shunned.items()):
             if until <= now:
                 del self.shunned[name]
@@ -194,6 +212,7 @@ class _GroupState:
             unwanted=frozenset(name for name, since in self.free_since.items() if now - since >= adopt_after)
             if self.group.adopts
             else frozenset(),
+            guarded=guarded,
         )
 
 
@@ -301,6 +320,7 @@ class LeaseKeeper:
         interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         before_release: Callable[[str, tuple[str, ...]], Awaitable[None]] | None = None,
+        guard_below_schema: int | None = None,
     ) -> None:
         if ttl <= 0:
             raise ValueError(f"the lease time must be positive, got {ttl}")
@@ -312,6 +332,11 @@ class LeaseKeeper:
         # Called with a group and the leases of it this member is about to
         # give up toward a fairer share, while it still holds them.
         self._before_release = before_release
+        # A live member knowing a schema below this one does not honour the
+        # cluster feature that changed how the groups' ``guarded`` leases'
+        # work is stored: they are kept from it (module docstring,
+        # "Guarding"). None: a store without features.
+        self._guard_below_schema = guard_below_schema
         # Whether taking and giving up a ``logged`` group's leases is said
         # (INFO): from once the server started (service.app), its first
         # holdings being in its start-up lines.
@@ -421,7 +446,8 @@ class LeaseKeeper:
             held = {lease.name: _Held(lease.epoch, sent + self.ttl) for lease in view.leases if lease.owner == me}
             for name in state.shunned:
                 held.pop(name, None)  # not to be worked under while it is given up
-            plan = state.planned(view, me, sent, ADOPT_AFTER_INTERVALS * self.interval)
+            guarded = self._guarded(state, view)
+            plan = state.planned(view, me, sent, ADOPT_AFTER_INTERVALS * self.interval, guarded)
             if not (plan.release or plan.acquire):
                 break
             if plan.release and self._before_release is not None:
@@ -438,7 +464,9 @@ class LeaseKeeper:
             target = fair_shares([m.member_id for m in view.members], len(view.leases)).get(me, 0)
             for lease in taken:
                 held[lease.name] = _Held(lease.epoch, sent + self.ttl)
-                if len(held) > target:
+                # A guarded lease is kept while it is guarded, not adopted
+                # for good: fair shares again once the old members left.
+                if len(held) > target and lease.name not in guarded:
                     state.adopted.add(lease.name)
             view = _patched(view, me, plan.release, taken)
             if len(taken) == len(plan.acquire) or not state.active:
@@ -467,6 +495,17 @@ class LeaseKeeper:
         state.seen_at = sent
         if changed:
             self._changed()
+
+    def _guarded(self, state: _GroupState, view: LeaseView) -> frozenset[str]:
+        """The leases of the group this member keeps, and takes when free,
+        whatever its share: its ``guarded`` ones while a live member is
+        behind the cluster features (module docstring, "Guarding")."""
+        since = self._guard_below_schema
+        if since is None or not state.group.guarded:
+            return frozenset()
+        if all(m.schema_version >= since for m in view.members):
+            return frozenset()
+        return state.group.guarded & state.known
 
     def _log_changes(self, group: str, before: set[str], after: set[str], came_from: dict[str, Origin]) -> None:
         """Say which leases of ``group`` this replica took (and from whom) and
