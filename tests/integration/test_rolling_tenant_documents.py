@@ -12,6 +12,12 @@ the 0.3.0 runner built on a document it does not see (one under a
 tenant's key). Once the 0.3.0 servers have left, the new one writes the
 tenant's key's form: its data key of (read model, tenant) exists, which it
 did not before.
+
+Then the other way round (a rollback of one replica, or a roll-forward
+beside the old version after a full rollback): the feature on, a 0.3.0
+replica joins the new one. The new one keeps the leases of its
+tenant_keyed projections, which fair shares would hand the old one
+(service/cluster/leases.py, "Guarding"), and its read models stay right.
 """
 
 from __future__ import annotations
@@ -64,6 +70,30 @@ def deposited(event, envelope, documents):
 """
 
 
+# Four tenant_keyed read models and one that is not: fair shares between
+# two members give the old one two or three of the five, whichever member
+# id comes first, so at least one tenant_keyed one unless they are kept
+# from it; it takes the other one (the test's sign that it took what it
+# was given).
+BALANCES = ("rollback.a", "rollback.b", "rollback.c", "rollback.d")
+PLAIN = "rollback.plain"
+BALANCES_PLUGIN = f"""
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.plugins import Plugin
+
+plugin = Plugin("rollback-balances")
+for name in (*{BALANCES!r}, {PLAIN!r}):
+    balances = plugin.projection(name, aggregate_types=["Account"], tenant_keyed=name != {PLAIN!r})
+
+    @balances.on(bank.MoneyDeposited)
+    def deposited(event, envelope, documents):
+        # Built on the document read: one not found starts again from nothing.
+        document = documents.get(envelope.aggregate_id, bank.AccountBalance) or bank.AccountBalance()
+        document.balance += event.amount
+        documents.put(envelope.aggregate_id, document, subject=envelope.aggregate_id)
+"""
+
+
 def released_tree(at: Path) -> Path:
     """Chronicle 0.3.0's code, its protos generated."""
     at.mkdir()
@@ -75,8 +105,8 @@ def released_tree(at: Path) -> Path:
     return at
 
 
-async def runner(client: Client) -> str:
-    found = await client.projections.GetProjection(pb.GetProjectionRequest(name=OWNERS), timeout=10)
+async def runner(client: Client, projection: str = OWNERS) -> str:
+    found = await client.projections.GetProjection(pb.GetProjectionRequest(name=projection), timeout=10)
     return str(found.runner)  # whoever runs it, as this replica last heard
 
 
@@ -86,18 +116,18 @@ async def settled(clients: dict[str, Client], stopped: frozenset[str] = frozense
     return len(seen) == 1 and seen <= set(clients) - stopped
 
 
-async def balance(client: Client, at: int) -> int:
-    request = pb.GetDocumentRequest(projection=OWNERS, key="acme:acc-1", min_position=at)
+async def balance(client: Client, at: int, projection: str = OWNERS) -> int:
+    request = pb.GetDocumentRequest(projection=projection, key="acme:acc-1", min_position=at)
     found = bank.AccountBalance()
     assert (await client.projections.GetDocument(request, timeout=10)).document.Unpack(found)
     return found.balance
 
 
-async def tenant_key_made(database_url: str) -> bool:
+async def tenant_key_made(database_url: str, projection: str = OWNERS) -> bool:
     store: StoreAdapter = open_store(database_url)
     await store.open()
     try:
-        return await store.load_data_key(tenant_projection_key_id(OWNERS, "acme")) is not None
+        return await store.load_data_key(tenant_projection_key_id(projection, "acme")) is not None
     finally:
         await store.close()
 
@@ -170,3 +200,61 @@ async def test_the_projection_counts_every_deposit_whichever_version_runs_it(dat
             assert await tenant_key_made(database_url)  # moved onto the tenant's key at its write
     assert "tenant_document_keys is on" in (tmp_path / "new.log").read_text()  # the switch is logged
     assert "tenant_document_keys is on" not in (tmp_path / "old.log").read_text()
+
+
+async def old_one_runs_the_plain_projection(new: Client, old_address: str) -> bool:
+    """The new replica has seen the old one take the projection that is not
+    tenant_keyed: the new one planned its changes with the old one live (and
+    gave it up), and the old one took, in one go, every lease it was given."""
+    return await runner(new, PLAIN) == old_address
+
+
+async def test_a_new_replica_keeps_its_tenant_keyed_projections_while_an_old_one_is_live(
+    database_url: str, tmp_path: Path
+) -> None:
+    old_code = released_tree(tmp_path / "chronicle-0.3.0")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "rollback_balances.py").write_text(BALANCES_PLUGIN)
+    keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\nacme:2026-01:{new_master_key()}\n")
+    flags = [
+        "--plugin", "rollback_balances", "--master-key-file", keys, "--anonymous-admin",
+        "--lease-seconds", str(LEASE_SECONDS), "--poll-seconds", "0.2",
+    ]  # fmt: skip
+    new = Replica(
+        database_url, log_path=tmp_path / "new.log", extra=flags, env={"PYTHONPATH": f"{REPOSITORY}:{plugins}"}
+    )
+    old = Replica(
+        database_url,
+        log_path=tmp_path / "old.log",
+        extra=flags,
+        env={"PYTHONPATH": f"{old_code}:{plugins}"},
+        cwd=tmp_path,  # not this repository: its `service` would be imported first
+    )
+    with ExitStack() as stack:
+        for replica in (new, old):
+            stack.callback(replica.close)
+        new.start()
+        async with connect(new.address) as at_new:
+            await at_new.submit(command("acme:acc-1", bank.OpenAccount(owner="Ann")))
+            written = await at_new.submit(command("acme:acc-1", bank.Deposit(amount=1)))
+            for name in BALANCES:
+                assert await balance(at_new, written.events[-1].position, name) == 1
+            assert await tenant_key_made(database_url, BALANCES[0])  # the feature is on: tenants' keys
+
+            old.start()  # a 0.3.0 replica beside it: a rollback of one replica, or a roll-forward beside 0.3.0
+            async with connect(old.address) as at_old:
+                await eventually(
+                    partial(old_one_runs_the_plain_projection, at_new, old.address), what="the old one taking leases"
+                )
+                for client in (at_new, at_old):  # as each of them sees it
+                    for name in BALANCES:
+                        assert await runner(client, name) == new.address
+                total = 1
+                for amount in (2, 4):
+                    written = await at_old.submit(command("acme:acc-1", bank.Deposit(amount=amount)))
+                    total += amount
+                for name in BALANCES:  # neither built on a document read as absent, nor left stale
+                    assert await balance(at_new, written.events[-1].position, name) == total
+                assert await balance(at_new, written.events[-1].position, PLAIN) == total
+    assert "does not honour the cluster features on" in (tmp_path / "new.log").read_text()
