@@ -33,6 +33,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── AggregateForgotten      the aggregate's key was forgotten; its state is gone
     │   └── TenantShredded          ...a new aggregate of a tenant whose master keys are all destroyed
     ├── DocumentForgotten       a read model's documents of a tenant whose key was destroyed (shredded)
+    ├── DocumentInTwoForms      a tenant_keyed document written under both keys: an old server wrote one after
     ├── AggregateDeleted        the aggregate was deleted; its tombstone stands for it
     ├── SubjectsForgotten       a read model's commit named forgotten aggregates (internal: applied again)
     ├── NotEncrypted            forgetting needs encryption (on, and a key for the aggregate)
@@ -489,6 +490,29 @@ class DocumentForgotten(ChronicleError):
         super().__init__(
             f"projection {projection}'s documents of tenant {tenant!r} were shredded: the master key that sealed"
             " them was destroyed",
+            metadata={"projection": projection, "tenant": tenant},
+        )
+
+
+class DocumentInTwoForms(ChronicleError):
+    """A ``tenant_keyed`` read model's document stored both under its
+    tenant's key and under the read model's own (service/store/
+    document_ciphers.py). This version never leaves both: a write under
+    the tenant's key deletes the other in the same commit. So a server that
+    does not read tenants' keys (an older version, or a plugin version not
+    declaring the read model ``tenant_keyed``) wrote it since the other,
+    built on a document it read as absent: neither copy can be trusted,
+    and the read model needs a rebuild. Refused rather than either served."""
+
+    default_reason = "DOCUMENT_IN_TWO_FORMS"
+
+    def __init__(self, projection: str, tenant: str) -> None:
+        super().__init__(
+            f"projection {projection}'s document of tenant {tenant!r} is stored under both the tenant's key and the"
+            " read model's own: a server that does not read tenants' keys (an older version: a rollback or a"
+            " roll-forward beside one) wrote it after this version had, so neither copy can be trusted; once every"
+            f" replica runs one version, rebuild the projection (chronicle projection rebuild {projection};"
+            ' docs/deployment.md, "Upgrading and rolling back")',
             metadata={"projection": projection, "tenant": tenant},
         )
 

@@ -66,6 +66,8 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.AggregateForgotten: grpc.StatusCode.FAILED_PRECONDITION,
     errors.DocumentForgotten: grpc.StatusCode.FAILED_PRECONDITION,
+    # The read model needs a rebuild: asking again gets the same answer.
+    errors.DocumentInTwoForms: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AggregateDeleted: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotEncrypted: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotConfirmed: grpc.StatusCode.FAILED_PRECONDITION,

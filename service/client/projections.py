@@ -97,7 +97,9 @@ class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
         POSITION_BEYOND_END; ``FailedPrecondition`` DOCUMENT_FORGOTTEN for a
         key of a tenant whose master key was destroyed, of a ``tenant_keyed``
         projection under encryption at rest (its ``tenant`` in the
-        metadata). ``timeout``: seconds for the whole call, the
+        metadata), DOCUMENT_IN_TWO_FORMS for one of them an older server
+        wrote beside this version's copy (a rollback: rebuild it).
+        ``timeout``: seconds for the whole call, the
         waits for a projection behind included (then ``DeadlineExceeded``)."""
         request = pb.GetDocumentRequest(projection=projection, key=key, min_position=min_position)
         response: pb.GetDocumentResponse = await self._call(

@@ -43,7 +43,14 @@ from dataclasses import replace
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from service.errors import AggregateForgotten, NotAvailableHere, NotEncrypted, NotUnique, TenantShredded
+from service.errors import (
+    AggregateForgotten,
+    DocumentInTwoForms,
+    NotAvailableHere,
+    NotEncrypted,
+    NotUnique,
+    TenantShredded,
+)
 from service.store.base import (
     AggregateQuery,
     AuditQuery,
@@ -57,7 +64,7 @@ from service.store.base import (
     Store,
 )
 from service.store.claim_scope_names import declared_scope, scope_tenant
-from service.store.document_ciphers import DocumentCiphers, Place
+from service.store.document_ciphers import DocumentCiphers, Place, document_tenant
 from service.store.encryption import (
     Keyring,
     claims_key_id,
@@ -500,19 +507,20 @@ class SealedProjections:
     async def _load_from(self, projection: str, places: dict[str, list[Place]]) -> list[StoredDocument]:
         """The documents at ``places``, each key's first place that holds
         one (a tenant's before the read model's own: document_ciphers),
-        looked up in one read."""
+        looked up in one read. DocumentInTwoForms for a key found in both:
+        a server that does not read the tenant's place wrote the other after
+        it (this version moves a document, never copies it)."""
         wanted = [place.hidden for found in places.values() for place in found]
         if not wanted:
             return []
         stored = {s.key: s for s in await self.inner.load_documents(projection, wanted)}
         found = []
         for key, candidates in places.items():
-            for place in candidates:
-                hit = stored.get(place.hidden)
-                if hit is None:
-                    continue
+            hits = [(place, stored[place.hidden]) for place in candidates if place.hidden in stored]
+            if len(hits) > 1:
+                raise DocumentInTwoForms(projection, document_tenant(key))
+            for place, hit in hits:
                 found.append(StoredDocument(key, hit.type_name, _opened_document(place, projection, key, hit.data)))
-                break
         return found
 
     async def commit_projection(

@@ -69,9 +69,12 @@ FEATURES: dict[str, Feature] = {
             TENANT_DOCUMENT_KEYS,
             since="cluster_features",
             behind=(
-                "it reads tenant_keyed read models' documents written under tenants' keys as absent. If it is an old"
-                " replica that should have gone, stop it; if this is a rollback, once every replica runs the old"
-                " version rebuild each tenant_keyed projection (chronicle projection rebuild NAME)"
+                "it reads tenant_keyed read models' documents written under tenants' keys as absent, and a"
+                " tenant_keyed projection it runs builds on that (this version keeps those it holds from it). If it"
+                " is an old replica that should have gone, or this is a roll-forward after a rollback, stop the old"
+                " replicas, then rebuild each tenant_keyed projection with this version (chronicle projection"
+                " rebuild NAME); if this is a rollback, once every replica runs the old version rebuild each of them"
+                " with it"
             ),
         ),
     )

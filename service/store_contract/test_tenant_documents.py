@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.errors import DocumentForgotten, MasterKeysUnfit
+from service.errors import DocumentForgotten, DocumentInTwoForms, MasterKeysUnfit
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import (
@@ -131,6 +131,34 @@ async def test_documents_under_the_read_models_own_key_stay_readable_and_move_on
     shredded = encrypting(store, SHARED, ACME_DESTROYED)
     with pytest.raises(DocumentForgotten):
         await shredded.roles.projections.load_document(OWNERS, "acme:acc-1")
+
+
+async def test_a_document_an_older_server_wrote_again_after_the_tenants_key_had_it_is_refused_not_served(
+    store: StoreAdapter,
+) -> None:
+    """A rollback of one replica, or a roll-forward beside an old one: the
+    old server reads the tenant's form as absent and writes the old form
+    anew; neither copy is right, so a read refuses both (a rebuild mends)."""
+    await put(encrypting(store, SHARED, ACME), OWNERS, ("acme:acc-1", b"ann"), ("acme:acc-2", b"amy"))
+    older = encrypting(store, SHARED, ACME, tenant_keyed=frozenset())  # reads and writes the read model's key only
+    assert await older.roles.projections.load_document(OWNERS, "acme:acc-1") is None  # what it builds on
+    await put(older, OWNERS, ("acme:acc-1", b"ann, from nothing"), ("acme:acc-3", b"ada"))
+    projections = encrypting(store, SHARED, ACME).roles.projections
+    for read in (
+        projections.load_document(OWNERS, "acme:acc-1"),
+        projections.load_documents(OWNERS, ["acme:acc-2", "acme:acc-1"]),
+    ):
+        with pytest.raises(DocumentInTwoForms) as refused:
+            await read
+        assert (refused.value.reason, refused.value.metadata) == (
+            "DOCUMENT_IN_TWO_FORMS",
+            {"projection": OWNERS, "tenant": "acme"},
+        )
+    # A document in one form, either, reads as it is.
+    found = await projections.load_documents(OWNERS, ["acme:acc-2", "acme:acc-3"])
+    assert sorted(d.data for d in found) == [b"ada", b"amy"]
+    await projections.reset_projection(OWNERS)  # a rebuild starts from no documents: none in two forms
+    assert await projections.load_document(OWNERS, "acme:acc-1") is None
 
 
 async def test_rewrap_moves_a_tenants_key_of_a_read_model_onto_the_tenants_master_key(store: StoreAdapter) -> None:

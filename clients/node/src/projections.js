@@ -86,7 +86,9 @@ export class Projections {
    * control characters), INVALID_PROJECTION, POSITION_BEYOND_END;
    * FAILED_PRECONDITION DOCUMENT_FORGOTTEN for a key of a tenant whose
    * master key was destroyed, of a tenant-keyed projection under encryption
-   * at rest (`metadata.projection`, `metadata.tenant`).
+   * at rest (`metadata.projection`, `metadata.tenant`); DOCUMENT_IN_TWO_FORMS
+   * (same metadata) for one an older server wrote beside this version's copy
+   * (a rollback: the projection needs a rebuild).
    */
   async document(projection, key, { minPosition = 0, signal, timeoutSeconds } = {}) {
     const request = { projection, key, min_position: minPosition };
@@ -103,7 +105,8 @@ export class Projections {
    * `position` the projection's checkpoint at the (first) read.
    * Refusals and `minPosition` as for `document` (a tenant-scoped reader
    * naming another tenant's key is refused the whole call, READ_DENIED;
-   * one key of a tenant whose master key was destroyed, DOCUMENT_FORGOTTEN).
+   * one key of a tenant whose master key was destroyed, DOCUMENT_FORGOTTEN;
+   * one in two forms, DOCUMENT_IN_TWO_FORMS).
    * Documents too large for one answer (the server's `unread_keys`) are
    * read by another call.
    */
