@@ -18,6 +18,8 @@ beside the old version after a full rollback): the feature on, a 0.3.0
 replica joins the new one. The new one keeps the leases of its
 tenant_keyed projections, which fair shares would hand the old one
 (service/cluster/leases.py, "Guarding"), and its read models stay right.
+And a roll-forward after a full rollback, without the rebuild: what 0.3.0
+wrote meanwhile is refused until the projection is rebuilt.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
+import grpc
 import pytest
 
 from chronicle.v1 import projection_service_pb2 as pb
@@ -35,7 +38,7 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.store.base import StoreAdapter
 from service.store.encryption import new_master_key, tenant_projection_key_id
 from service.store.factory import open_store
-from tests.support.grpc_client import Client, command, connect
+from tests.support.grpc_client import Client, command, connect, reason_of
 from tests.support.processes import Replica
 from tests.support.security import write
 from tests.support.waiting import eventually
@@ -258,3 +261,66 @@ async def test_a_new_replica_keeps_its_tenant_keyed_projections_while_an_old_one
                     assert await balance(at_new, written.events[-1].position, name) == total
                 assert await balance(at_new, written.events[-1].position, PLAIN) == total
     assert "does not honour the cluster features on" in (tmp_path / "new.log").read_text()
+
+
+async def test_a_roll_forward_after_a_full_rollback_refuses_what_0_3_0_wrote_until_rebuilt(
+    database_url: str, tmp_path: Path
+) -> None:
+    """docs/deployment.md's roll-forward after a rollback, without the
+    rebuild with 0.3.0: the document 0.3.0 built on nothing is refused
+    (DOCUMENT_IN_TWO_FORMS), not served stale, and stops the projection
+    until the rebuild with this version, which counts every deposit."""
+    old_code = released_tree(tmp_path / "chronicle-0.3.0")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "rollout_owners.py").write_text(PLUGIN)
+    keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\nacme:2026-01:{new_master_key()}\n")
+    flags = [
+        "--plugin", "rollout_owners", "--master-key-file", keys, "--anonymous-admin",
+        "--lease-seconds", str(LEASE_SECONDS), "--poll-seconds", "0.2",
+    ]  # fmt: skip
+    new = Replica(
+        database_url, log_path=tmp_path / "new.log", extra=flags, env={"PYTHONPATH": f"{REPOSITORY}:{plugins}"}
+    )
+    old = Replica(
+        database_url,
+        log_path=tmp_path / "old.log",
+        extra=flags,
+        env={"PYTHONPATH": f"{old_code}:{plugins}"},
+        cwd=tmp_path,  # not this repository: its `service` would be imported first
+    )
+    with ExitStack() as stack:
+        for replica in (new, old):
+            stack.callback(replica.close)
+        new.start()
+        async with connect(new.address) as at_new, connect(old.address) as at_old:
+            await at_new.submit(command("acme:acc-1", bank.OpenAccount(owner="Ann")))
+            written = await at_new.submit(command("acme:acc-1", bank.Deposit(amount=1)))
+            assert await balance(at_new, written.events[-1].position) == 1
+            assert await tenant_key_made(database_url)  # the feature is on
+
+            new.stop()  # a full rollback
+            old.start()
+            written = await at_old.submit(command("acme:acc-1", bank.Deposit(amount=2)))
+            assert await balance(at_old, written.events[-1].position) == 2  # built on nothing
+
+            new.start()  # rolled forward beside it, without the rebuild with 0.3.0
+            request = pb.GetDocumentRequest(projection=OWNERS, key="acme:acc-1")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await at_new.projections.GetDocument(request, timeout=10)
+            assert (refused.value.code(), reason_of(refused.value)) == (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "DOCUMENT_IN_TWO_FORMS",
+            )
+
+            old.stop()  # the last 0.3.0 replica gone: the new one runs the projection
+            await eventually(partial(settled, {new.address: at_new}), what="the new replica running the projection")
+            written = await at_new.submit(command("acme:acc-1", bank.Deposit(amount=4)))
+
+            async def stopped() -> bool:
+                found = await at_new.projections.GetProjection(pb.GetProjectionRequest(name=OWNERS), timeout=10)
+                return bool(found.error.startswith("DOCUMENT_IN_TWO_FORMS"))
+
+            await eventually(stopped, what="the projection stopped on the document in two forms")
+            await at_new.projections.RebuildProjection(pb.RebuildProjectionRequest(name=OWNERS), timeout=30)
+            assert await balance(at_new, written.events[-1].position) == 1 + 2 + 4
