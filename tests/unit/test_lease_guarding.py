@@ -84,5 +84,5 @@ async def test_fair_shares_again_once_the_old_member_left() -> None:
     new, old, now, store = await _old_member_joins(guard=True)
     await old.leave(GROUP)
     other = _keeper(store, now, "b", schema=FEATURES_SINCE + 1, guard=True)
-    await _beats(now, (new, other), 6)  # kept while guarded, not adopted for good
+    await _beats(now, (new, other), 6)  # no longer guarded: shared out as any lease
     assert len(new.held(GROUP)) == 1 and len(other.held(GROUP)) == 1
