@@ -271,15 +271,24 @@ class _Scope:
         if key in self._writes:
             found = self._writes[key][0]
             return None if found is None else _copy_as(found, message_type, key, self._batch.projection)
-        self._check_key(key)
-        return self._batch.read(key, message_type)
+        try:
+            return self._batch.read(key, message_type)
+        except _NeedsDocument:
+            # Checked only when it is to be loaded: a key the batch or its
+            # cache holds was checked when a handler first wrote it or asked
+            # for it, and a key refused is never loaded, so never held.
+            problem = document_key_problem(key)
+            if not problem:
+                raise
+        raise self._bad_key(key, problem)
 
     def put(self, key: str, document: Message, *, subject: str | Iterable[str] | None = None) -> None:
         # Checked here, in the handler's call, not when the batch commits:
         # a key or a document the store or the read API cannot take fails
         # the handler on its event (stopped there, or parked), where a
         # failed commit would be tried again for ever.
-        self._check_key(key)
+        if problem := document_key_problem(key):
+            raise self._bad_key(key, problem)
         subjects = _subjects(subject)
         for one in subjects:
             if problem := subject_problem(one):
@@ -311,25 +320,41 @@ class _Scope:
         self._writes[key] = (copy, subjects)
 
     def delete(self, key: str) -> None:
-        self._check_key(key)
+        if problem := document_key_problem(key):
+            raise self._bad_key(key, problem)
         self._writes[key] = (None, ())
 
-    def _check_key(self, key: str) -> None:
-        """``GetDocument``'s rule (``document_key_problem``): no document is
-        written that cannot be read by its key, nor one the store cannot
-        hold. The key is quoted by its repr (escaped), cut short: the text
-        is stored with the failure, where NUL or a surrogate could not be."""
-        if problem := document_key_problem(key):
-            shown = repr(key[:60]) + ("..." if len(key) > 60 else "")
-            raise ProjectionFailed(
-                f"projection {self._batch.projection}: document key {shown} {problem}",
-                reason="INVALID_KEY",
-                metadata={"projection": self._batch.projection, "key": shown},
-            )
+    def _bad_key(self, key: str, problem: str) -> ProjectionFailed:
+        """A key refused by ``GetDocument``'s rule (``document_key_problem``):
+        no document is written that cannot be read by its key, nor one the
+        store cannot hold. The key is quoted by its repr (escaped), cut
+        short: the text is stored with the failure, where NUL or a surrogate
+        could not be."""
+        shown = repr(key[:60]) + ("..." if len(key) > 60 else "")
+        return ProjectionFailed(
+            f"projection {self._batch.projection}: document key {shown} {problem}",
+            reason="INVALID_KEY",
+            metadata={"projection": self._batch.projection, "key": shown},
+        )
 
     def commit(self) -> None:
         for key, (document, subjects) in self._writes.items():
             self._batch.write(key, document, subjects)
+
+
+class _ProbeScope(_Scope):
+    """``Documents`` for a handler call run only to learn which document it
+    needs loaded (``ProjectionRunner._probe``): its writes are thrown away
+    and what it raises does not count, so its puts and deletes skip the
+    checks (the call that counts makes them) and keep no copy. Its gets
+    still check a key before asking for it to be loaded: no key is loaded
+    that a handler could not have asked for."""
+
+    def put(self, key: str, document: Message, *, subject: str | Iterable[str] | None = None) -> None:
+        self._writes[key] = (document, ())
+
+    def delete(self, key: str) -> None:
+        self._writes[key] = (None, ())
 
 
 class ForgottenSubjects:
@@ -1292,7 +1317,7 @@ class ProjectionRunner(CheckpointedRunner):
         if registered is None:
             return None
         try:
-            registered[1](message, envelope_of(record), _Scope(batch))
+            registered[1](message, envelope_of(record), _ProbeScope(batch))
         except _NeedsDocument as need:
             return need.key
         except Exception:
