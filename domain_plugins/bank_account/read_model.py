@@ -53,12 +53,12 @@ def owner_key(owner: str) -> str:
 def _counted(holder: bank.OwnerBalance, account_id: str) -> bool:
     """Whether ``account_id`` is among the accounts ``holder`` sums; if not,
     it is added (in code point order, as a rebuild would list it)."""
-    if account_id in holder.account_ids:
+    ids = holder.account_ids
+    # Looked for in the whole list, not by bisection: a document written
+    # before the ids were kept in order lists them as they were opened.
+    if account_id in ids:
         return True
-    ids = list(holder.account_ids)
-    bisect.insort(ids, account_id)
-    del holder.account_ids[:]
-    holder.account_ids.extend(ids)
+    bisect.insort(ids, account_id)  # in place: the field has insert()
     return False
 
 
@@ -70,9 +70,10 @@ def account_key(account_id: str) -> str:
 def _opened(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
     account_id = envelope.aggregate_id
     documents.put(account_key(account_id), bank.AccountBalance(owner=event.owner), subject=account_id)
-    holder = documents.get(owner_key(event.owner), bank.OwnerBalance) or bank.OwnerBalance(owner=event.owner)
+    key = owner_key(event.owner)
+    holder = documents.get(key, bank.OwnerBalance) or bank.OwnerBalance(owner=event.owner)
     _counted(holder, account_id)  # its balance is 0
-    documents.put(owner_key(event.owner), holder, subject=holder.account_ids)
+    documents.put(key, holder, subject=holder.account_ids)
 
 
 def _move(account_id: str, amount: int, documents: Documents) -> None:
@@ -82,11 +83,12 @@ def _move(account_id: str, amount: int, documents: Documents) -> None:
     account.balance += amount
     documents.put(account_key(account_id), account, subject=account_id)
     # None: deleted when another of the owner's accounts was forgotten.
-    holder = documents.get(owner_key(account.owner), bank.OwnerBalance) or bank.OwnerBalance(owner=account.owner)
+    key = owner_key(account.owner)
+    holder = documents.get(key, bank.OwnerBalance) or bank.OwnerBalance(owner=account.owner)
     # An account the document does not sum yet (it was made again after a
     # forgetting) counts with its whole balance, as a rebuild counts it.
     holder.balance += amount if _counted(holder, account_id) else account.balance
-    documents.put(owner_key(account.owner), holder, subject=holder.account_ids)
+    documents.put(key, holder, subject=holder.account_ids)
 
 
 @balances_by_owner.on(bank.MoneyDeposited)
@@ -105,7 +107,8 @@ def _deleted(event: AggregateDeleted, envelope: ProjectedEvent, documents: Docum
     if account is None:
         return
     documents.delete(account_key(envelope.aggregate_id))
-    holder = documents.get(owner_key(account.owner), bank.OwnerBalance)
+    key = owner_key(account.owner)
+    holder = documents.get(key, bank.OwnerBalance)
     if holder is None:
         return
     holder.balance -= account.balance
@@ -113,6 +116,6 @@ def _deleted(event: AggregateDeleted, envelope: ProjectedEvent, documents: Docum
     del holder.account_ids[:]
     holder.account_ids.extend(remaining)
     if remaining:
-        documents.put(owner_key(account.owner), holder, subject=holder.account_ids)
+        documents.put(key, holder, subject=holder.account_ids)
     else:
-        documents.delete(owner_key(account.owner))
+        documents.delete(key)
