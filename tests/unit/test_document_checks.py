@@ -1,0 +1,112 @@
+"""What a read model's handler may name and write, checked cheaply but by
+the one rule: ``document_key_problem`` and ``subject_problem`` answer as
+``id_problem`` does (their quick answer for a fine name is no other rule),
+and a read model larger than its cache (each handler run first to learn
+which documents to load, its writes thrown away) refuses the same writes
+with the same reasons, each on the event whose handler made it."""
+
+from __future__ import annotations
+
+import pytest
+
+from domain_plugins import bank_account
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.plugins import Plugin
+from service.plugins.projections import (
+    MAX_DOCUMENT_BYTES,
+    Documents,
+    ProjectedEvent,
+    document_key_problem,
+    subject_problem,
+)
+from service.testing import ProjectionRun
+from service.values import MAX_ID_LENGTH, id_problem
+
+NAMES = [
+    "",
+    " ",
+    "\t",
+    "\u00a0",  # a no-break space: whitespace, and not printable
+    "owner:ann",
+    "k" * MAX_ID_LENGTH,
+    "k" * (MAX_ID_LENGTH + 1),
+    " " * (MAX_ID_LENGTH + 1),
+    "a\nb",
+    "a\x7f",
+    "k\x00",
+    "k\ufffe",
+    "k\uffff",
+    "k\ud800",
+    "k\u200b",  # a format character (zero-width space)
+    "é",
+    "日本:口座",
+    "k\U0001f600",
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_document_key_is_refused_exactly_as_id_problem_refuses_it(name: str) -> None:
+    assert document_key_problem(name) == id_problem(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_subject_is_refused_exactly_when_it_is_no_storable_aggregate_id(name: str) -> None:
+    problem = id_problem(name, printable=False)
+    if not problem and ("\0" in name or "\ud800" in name):
+        problem = "must not contain NUL or lone surrogates"
+    assert subject_problem(name) == problem
+
+
+# A read model that keeps nothing in memory: every get misses, so every
+# batch runs the handlers of the events ahead to learn what to load.
+uncached = Plugin("uncached")
+writes = uncached.projection(
+    "uncached.writes", aggregate_types=["Account"], cache_size=0, on_failure="park", max_attempts=1
+)
+
+
+@writes.on(bank.AccountOpened)
+def _write(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
+    what, _, name = event.owner.partition(":")
+    documents.get(f"seen:{envelope.aggregate_id}", bank.AccountBalance)  # a miss: the events after are probed
+    if what == "get":
+        documents.get(name, bank.AccountBalance)
+    elif what == "delete":
+        documents.delete(name)
+    elif what == "subject":
+        documents.put("named", bank.AccountBalance(owner="x"), subject=name)
+    elif what == "big":
+        documents.put(name, bank.AccountBalance(owner="y" * MAX_DOCUMENT_BYTES))
+    else:
+        documents.put(name, bank.AccountBalance(owner=name), subject=envelope.aggregate_id)
+
+
+OWNERS = {
+    "acc-1": "put:first",
+    "acc-2": "get:a\nb",
+    "acc-3": "put:",
+    "acc-4": "delete:\t",
+    "acc-5": "put:k" + "k" * MAX_ID_LENGTH,
+    "acc-6": "subject:acc\x00",
+    "acc-7": "subject: ",
+    "acc-8": "big:big",
+    "acc-9": "put:last",
+}
+
+
+def test_a_read_model_larger_than_its_cache_refuses_each_bad_write_on_its_own_event() -> None:
+    with ProjectionRun(bank_account.plugin, uncached) as run:
+        for account, owner in OWNERS.items():
+            run.given(account, bank.AccountOpened(owner=owner))
+        run.settle()
+        parked = run.parked("uncached.writes")
+        assert [(event.aggregate_id, event.error.split(":")[0]) for event in parked] == [
+            ("acc-2", "INVALID_KEY"),
+            ("acc-3", "INVALID_KEY"),
+            ("acc-4", "INVALID_KEY"),
+            ("acc-5", "INVALID_KEY"),
+            ("acc-6", "INVALID_SUBJECT"),
+            ("acc-7", "INVALID_SUBJECT"),
+            ("acc-8", "DOCUMENT_TOO_LARGE"),
+        ]
+        assert set(run.documents("uncached.writes", bank.AccountBalance)) == {"first", "last"}
