@@ -173,7 +173,9 @@ class _Batch:
         # What the batch's handlers wrote, by key (None: deleted), and the
         # subjects each document names; encoded once, when the batch
         # commits, however often a key was written.
-        self.current: dict[str, Message | None] = {}
+        # A handler's document is kept serialized (_Raw: its size checked
+        # at the put, where it is serialized anyway); a reaction's as given.
+        self.current: dict[str, Message | _Raw | None] = {}
         # What this batch loaded, kept for the batch whatever the cache
         # evicts: a handler call that needs more documents than the cache
         # holds would otherwise load, lose and load them again for ever.
@@ -198,25 +200,20 @@ class _Batch:
     def read(self, key: str, message_type: type[M]) -> M | None:
         if key in self.current:
             found = self.current[key]
-            return None if found is None else _copy_as(found, message_type, key, self.projection)
+            if found is None:
+                return None
+            if isinstance(found, _Raw):
+                return _parsed(found, message_type, key, self.projection)
+            return _copy_as(found, message_type, key, self.projection)
         raw = self._loaded.get(key, UNKNOWN)
         if isinstance(raw, _Unknown):
             raw = self._cache.get(key)
         if isinstance(raw, _Unknown):
             raise _NeedsDocument(key)
-        if raw is None:
-            return None
-        if raw.type_name != message_type.DESCRIPTOR.full_name:
-            raise _type_mismatch(key, self.projection, raw.type_name, message_type)
-        try:
-            return message_type.FromString(raw.data)
-        except DecodeError as error:
-            raise ProjectionFailed(
-                f"document {key!r} of projection {self.projection} does not parse", reason="CORRUPT_DOCUMENT"
-            ) from error
+        return None if raw is None else _parsed(raw, message_type, key, self.projection)
 
     def write(
-        self, key: str, document: Message | None, subjects: tuple[str, ...] = (), due_us: int | None = None
+        self, key: str, document: Message | _Raw | None, subjects: tuple[str, ...] = (), due_us: int | None = None
     ) -> None:
         self.current[key] = document
         self._subjects[key] = subjects
@@ -237,6 +234,10 @@ class _Batch:
             self._writes = [
                 DocumentWrite(key)
                 if document is None
+                else DocumentWrite(
+                    key, document.type_name, document.data, self._subjects[key], due.get(key) if due else None
+                )
+                if isinstance(document, _Raw)
                 else DocumentWrite(
                     key,
                     str(document.DESCRIPTOR.full_name),
@@ -265,12 +266,16 @@ class _Scope:
 
     def __init__(self, batch: _Batch) -> None:
         self._batch = batch
-        self._writes: dict[str, tuple[Message | None, tuple[str, ...]]] = {}
+        self._writes: dict[str, tuple[Message | _Raw | None, tuple[str, ...]]] = {}
 
     def get(self, key: str, message_type: type[M]) -> M | None:
         if key in self._writes:
             found = self._writes[key][0]
-            return None if found is None else _copy_as(found, message_type, key, self._batch.projection)
+            if found is None:
+                return None
+            if isinstance(found, _Raw):
+                return _parsed(found, message_type, key, self._batch.projection)
+            return _copy_as(found, message_type, key, self._batch.projection)
         try:
             return self._batch.read(key, message_type)
         except _NeedsDocument:
@@ -297,7 +302,12 @@ class _Scope:
                     reason="INVALID_SUBJECT",
                     metadata={"projection": self._batch.projection, "key": key},
                 )
-        size = document.ByteSize()
+        # Serialized here, once: its length is the size checked, and the
+        # bytes are what the commit writes (a copy would be serialized
+        # there), so what the handler does to the message afterwards does
+        # not change what was put.
+        data = document.SerializeToString()
+        size = len(data)
         if size > self._batch.max_document_bytes:
             limit = self._batch.max_document_bytes
             raise ProjectionFailed(
@@ -315,9 +325,7 @@ class _Scope:
             # Derived from a forgotten aggregate: it must not exist.
             self._writes[key] = (None, ())
             return
-        copy = type(document)()
-        copy.CopyFrom(document)
-        self._writes[key] = (copy, subjects)
+        self._writes[key] = (_Raw(document.DESCRIPTOR.full_name, data), subjects)
 
     def delete(self, key: str) -> None:
         if problem := document_key_problem(key):
@@ -392,6 +400,17 @@ def _subjects(subject: str | Iterable[str] | None) -> tuple[str, ...]:
     if len(subjects) > 1 and len(set(subjects)) < len(subjects):
         return tuple(dict.fromkeys(subjects))
     return subjects
+
+
+def _parsed(raw: _Raw, message_type: type[M], key: str, projection: str) -> M:
+    if raw.type_name != message_type.DESCRIPTOR.full_name:
+        raise _type_mismatch(key, projection, raw.type_name, message_type)
+    try:
+        return message_type.FromString(raw.data)
+    except DecodeError as error:
+        raise ProjectionFailed(
+            f"document {key!r} of projection {projection} does not parse", reason="CORRUPT_DOCUMENT"
+        ) from error
 
 
 def _copy_as(found: Message, message_type: type[M], key: str, projection: str) -> M:

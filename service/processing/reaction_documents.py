@@ -55,7 +55,7 @@ from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from service.errors import ReactionFailed
 from service.plugins.projections import ProjectedEvent
 from service.plugins.reactions import Reaction, Refusal
-from service.processing.projections import DocumentCache, ForgottenSubjects, _Batch, _NeedsDocument
+from service.processing.projections import DocumentCache, ForgottenSubjects, _Batch, _NeedsDocument, _Raw
 from service.store.base import ProjectionStore
 
 M = TypeVar("M", bound=Message)
@@ -85,10 +85,10 @@ class ReactionBatch(_Batch):
     ) -> None:
         super().__init__(reaction, store, cache, forgotten)
         # Per write: its key, and the document, subjects and due time it replaced.
-        self._undo: list[tuple[str, Message | _Absent | None, tuple[str, ...], int | None]] = []
+        self._undo: list[tuple[str, Message | _Raw | _Absent | None, tuple[str, ...], int | None]] = []
 
     def write(
-        self, key: str, document: Message | None, subjects: tuple[str, ...] = (), due_us: int | None = None
+        self, key: str, document: Message | _Raw | None, subjects: tuple[str, ...] = (), due_us: int | None = None
     ) -> None:
         self._undo.append((key, self.current.get(key, ABSENT), self._subjects.get(key, ()), self._due.get(key)))
         super().write(key, document, subjects, due_us)
