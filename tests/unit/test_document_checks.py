@@ -1,13 +1,18 @@
 """What a read model's handler may name and write, checked cheaply but by
 the one rule: ``document_key_problem`` and ``subject_problem`` answer as
 ``id_problem`` does (their quick answer for a fine name is no other rule),
-and a read model larger than its cache (each handler run first to learn
+a read model larger than its cache (each handler run first to learn
 which documents to load, its writes thrown away) refuses the same writes
-with the same reasons, each on the event whose handler made it."""
+with the same reasons, each on the event whose handler made it, and a
+document that cannot be serialized fails its handler's call (it is
+serialized at the put, where ByteSize refused it before), not the batch's
+commit."""
 
 from __future__ import annotations
 
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
 
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
@@ -110,3 +115,39 @@ def test_a_read_model_larger_than_its_cache_refuses_each_bad_write_on_its_own_ev
             ("acc-8", "DOCUMENT_TOO_LARGE"),
         ]
         assert set(run.documents("uncached.writes", bank.AccountBalance)) == {"first", "last"}
+
+
+def _message_with_a_required_field() -> type[Message]:
+    """A proto2 message type with a required field, made here (no plugin's
+    protos are proto2): one without the field cannot be serialized."""
+    file = descriptor_pb2.FileDescriptorProto(name="required_test.proto", package="required_test", syntax="proto2")
+    file.message_type.add(name="Needy").field.add(
+        name="must",
+        number=1,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+        label=2,  # LABEL_REQUIRED
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("required_test.Needy"))
+
+
+Needy = _message_with_a_required_field()
+incomplete = Plugin("incomplete")
+needy = incomplete.projection("incomplete.needy", aggregate_types=["Account"], on_failure="park", max_attempts=1)
+
+
+@needy.on(bank.AccountOpened)
+def _needy(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
+    documents.put(envelope.aggregate_id, Needy() if event.owner == "incomplete" else Needy(must="x"))
+
+
+def test_a_document_that_cannot_be_serialized_fails_its_handler_on_its_event_not_the_commit() -> None:
+    with ProjectionRun(bank_account.plugin, incomplete) as run:
+        for account, owner in (("acc-1", "fine"), ("acc-2", "incomplete"), ("acc-3", "fine")):
+            run.given(account, bank.AccountOpened(owner=owner))
+        run.settle()
+        parked = run.parked("incomplete.needy")
+        assert [(event.aggregate_id, event.error.split(":")[0]) for event in parked] == [("acc-2", "PROJECTION_FAILED")]
+        assert "EncodeError" in parked[0].error
+        assert set(run.documents("incomplete.needy", Needy)) == {"acc-1", "acc-3"}
