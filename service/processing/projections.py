@@ -198,19 +198,26 @@ class _Batch:
             self._cache.put(key, raw)
 
     def read(self, key: str, message_type: type[M]) -> M | None:
-        if key in self.current:
-            found = self.current[key]
-            if found is None:
-                return None
-            if isinstance(found, _Raw):
-                return _parsed(found, message_type, key, self.projection)
+        # Every get of every handler call comes here (and a read model
+        # larger than its cache calls its handlers twice per event): one
+        # lookup per place, and the parse inline, not in a helper.
+        found = self.current.get(key, UNKNOWN)
+        if isinstance(found, _Unknown):
+            found = self._loaded.get(key, UNKNOWN)
+            if isinstance(found, _Unknown):
+                found = self._cache.get(key)
+                if isinstance(found, _Unknown):
+                    raise _NeedsDocument(key)
+        if found is None:
+            return None
+        if not isinstance(found, _Raw):  # a reaction's write, kept as its message
             return _copy_as(found, message_type, key, self.projection)
-        raw = self._loaded.get(key, UNKNOWN)
-        if isinstance(raw, _Unknown):
-            raw = self._cache.get(key)
-        if isinstance(raw, _Unknown):
-            raise _NeedsDocument(key)
-        return None if raw is None else _parsed(raw, message_type, key, self.projection)
+        if found.type_name != message_type.DESCRIPTOR.full_name:
+            raise _type_mismatch(key, self.projection, found.type_name, message_type)
+        try:
+            return message_type.FromString(found.data)
+        except DecodeError as error:
+            raise _corrupt(key, self.projection) from error
 
     def write(
         self, key: str, document: Message | _Raw | None, subjects: tuple[str, ...] = (), due_us: int | None = None
@@ -403,14 +410,18 @@ def _subjects(subject: str | Iterable[str] | None) -> tuple[str, ...]:
 
 
 def _parsed(raw: _Raw, message_type: type[M], key: str, projection: str) -> M:
+    """A document a handler put in this call, read back (``_Batch.read``
+    parses the others inline)."""
     if raw.type_name != message_type.DESCRIPTOR.full_name:
         raise _type_mismatch(key, projection, raw.type_name, message_type)
     try:
         return message_type.FromString(raw.data)
     except DecodeError as error:
-        raise ProjectionFailed(
-            f"document {key!r} of projection {projection} does not parse", reason="CORRUPT_DOCUMENT"
-        ) from error
+        raise _corrupt(key, projection) from error
+
+
+def _corrupt(key: str, projection: str) -> ProjectionFailed:
+    return ProjectionFailed(f"document {key!r} of projection {projection} does not parse", reason="CORRUPT_DOCUMENT")
 
 
 def _copy_as(found: Message, message_type: type[M], key: str, projection: str) -> M:
