@@ -34,7 +34,7 @@
     chronicle masterkey ID                   # a new master key line for --master-key-file
     chronicle masterkey --tenant T ID        # one of tenant T's own (docs/security.md, per-tenant keys)
     chronicle export [FILE] [--snapshots] [--commands] [--aggregate ID] [--format binary|jsonl]
-    chronicle import FILE [--overwrite] [--restore-deleted] [--derive-per-tenant-claims]
+    chronicle import FILE [--overwrite] [--restore-deleted] [--derive-per-tenant-claims] [--master-key-file F]
     chronicle convert-eventsourcing FILE --from-url URL --table T --mapping MODULE:FUNCTION
     chronicle delete ACCOUNT [--expected-version N] [--reason TEXT]   # tombstone it (admin)
     chronicle archive FOLDER --type Account [--last-event T] [--untouched-for 365d] [--limit N]
@@ -1663,7 +1663,13 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
     if args.database_url:
         summary = asyncio.run(
             _import_local(
-                args.database_url, args.file, options, args.quiet, leave_out, max_event_bytes=args.max_event_bytes
+                args.database_url,
+                args.file,
+                options,
+                args.quiet,
+                leave_out,
+                max_event_bytes=args.max_event_bytes,
+                master_key_file=args.master_key_file,
             )
         )
         _warn_unclaimed(summary)
@@ -1841,11 +1847,14 @@ async def _import_local(
     leave_out: frozenset[str] = frozenset(),
     *,
     max_event_bytes: int | None = None,
+    master_key_file: str | None = None,
 ) -> dict[str, Any]:
     """An import written straight into the store at ``url``. Its events are
     held to ``max_event_bytes``, else to the servers' --max-event-bytes as
     the environment sets it (CHRONICLE_MAX_EVENT_BYTES), else its default:
-    the limit of the servers that will read them."""
+    the limit of the servers that will read them. Its master keys are those
+    of ``master_key_file``, else the environment's, as serve takes them;
+    without any, nothing sealed is imported (OfflineWithoutKeys)."""
     from service.app import build_master_keys, build_registry
     from service.processing.state import AggregateLoader
     from service.store.base import Store
@@ -1855,11 +1864,12 @@ async def _import_local(
     from service.transfer.checked_first import CheckedFirst
     from service.transfer.files import Source
     from service.transfer.importer import Importer
-    from service.transfer.sealing import AsStored, ImportSealing, Sealing
+    from service.transfer.sealing import ImportSealing, OfflineWithoutKeys, Sealing
 
     # The plugins' payload types, for JSON lines, and state types, which
-    # snapshots must parse as; the master keys, as the server takes them.
-    settings = load_settings(None, os.environ)
+    # snapshots must parse as; the master keys, as the server takes them
+    # (only the one flag is read from the command's: its others are not serve's).
+    settings = load_settings(argparse.Namespace(master_key_file=master_key_file), os.environ)
     registry = build_registry(settings)
     master_keys = build_master_keys(settings)
     _check_left_out(path, leave_out)
@@ -1871,11 +1881,13 @@ async def _import_local(
         store = Store.of(adapter)
 
         # With master keys, what comes in the clear is sealed as the server
-        # would; without, records are written as they come (an encrypted
-        # store's, sealed, move so), but none in the clear into a store that
-        # is encrypted (transfer/sealing.py).
+        # would; without, nothing sealed is taken (an encrypted store's export
+        # needs the keys that open it), nor anything in the clear into a store
+        # that is encrypted (transfer/sealing.py).
         def sealing_of() -> ImportSealing:
-            return Sealing(Keyring(store.keys, master_keys), lambda: master_keys) if master_keys else AsStored()
+            if not master_keys:
+                return OfflineWithoutKeys()
+            return Sealing(Keyring(store.keys, master_keys), lambda: master_keys)
 
         # Claims derived for aggregates that came without any are of their
         # state as the server's commands see it: opened with the master keys.
@@ -2564,6 +2576,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_value(os.environ, "CHRONICLE_MAX_EVENT_BYTES"),
         help="with --database-url: refuse an event larger than this (default: the servers' --max-event-bytes,"
         " from CHRONICLE_MAX_EVENT_BYTES, else 1 MiB); through a server, the server's own limit applies",
+    )
+    import_.add_argument(
+        "--master-key-file",
+        default=None,
+        help="with --database-url: the master keys of serve's --master-key-file (env CHRONICLE_MASTER_KEY_FILE, or"
+        " CHRONICLE_MASTER_KEYS): what comes in the clear is sealed as a server with them seals it, and an export"
+        " of a store encrypted at rest is taken only with the keys that open it (ENCRYPTED_EXPORT_WITHOUT_KEYS"
+        " without any); through a server, the server's own keys apply",
     )
     import_.set_defaults(run=_import, remote=True)
 

@@ -126,7 +126,7 @@ from service.transfer.records import (
     stored_snapshot,
 )
 from service.transfer.scope_switch import check_switching, left_out_to_derive
-from service.transfer.sealing import AsStored, ImportSealing
+from service.transfer.sealing import ImportSealing, OfflineWithoutKeys
 from service.transfer.stream import EXPORT_INCOMPLETE, FORMAT
 
 log = logging.getLogger(__name__)
@@ -208,8 +208,9 @@ class Importer:
         self._checking_only = checking_only
         # Aggregates whose claims the import derives if the stream has none of them.
         self._to_derive = ClaimsToDerive(registry, load_state)
-        # The target's encryption at rest (sealing.py): as stored unless told.
-        self._sealing = sealing if sealing is not None else AsStored()
+        # The target's encryption at rest (sealing.py): unless told, as with no
+        # master keys, where nothing sealed is taken (it could not be checked).
+        self._sealing = sealing if sealing is not None else OfflineWithoutKeys()
         self._registry = registry
         # Retired projections below a tombstone already logged (_retired_behind).
         self._retired_told: set[str] = set()

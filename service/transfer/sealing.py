@@ -10,7 +10,8 @@ sealed where it does not. One of three ``ImportSealing``s decides, by the
 target:
 
 - ``Sealing`` (a server with master keys; ``chronicle import
-  --database-url`` given them in its environment as the server takes them):
+  --database-url`` given them as the server takes them: ``--master-key-file``
+  or the environment):
   a record in the clear is sealed on its way in as the server seals what it
   writes (``service/store/encrypted.py``): an event's payload and a
   snapshot's state under the aggregate's data key (made for it where it has
@@ -27,11 +28,14 @@ target:
   hidden claim) is refused as it is read, ENCRYPTED_EXPORT_WITHOUT_KEYS:
   the server could read none of it, and would not start again on the store
   (ENCRYPTED_STORE_WITHOUT_KEYS). Data keys come first: nothing is written.
-- ``AsStored`` (``chronicle import --database-url`` without master keys):
-  records are written as they come, the way an encrypted store moves to
-  another database (migration.md: its data keys travel wrapped, and the
-  servers started on the target have the master keys). Only a record in the
-  clear into a store that held sealed data when the import began is refused
+- ``OfflineWithoutKeys`` (``chronicle import --database-url`` given no
+  master keys): the same refusal, ENCRYPTED_EXPORT_WITHOUT_KEYS, saying to
+  give the command the keys (``--master-key-file``): without them it could
+  not check that they open the export's data keys, nor derive the claims of
+  aggregates from the state they seal, and a server started on the store
+  without them would not start (the walkthrough: 377 events written, exit
+  0, and a store no server without keys takes). A record in the clear into
+  a store that held sealed data when the import began is refused too
   (ENCRYPTION_KEYS_NEEDED): without the keys it could only be written in
   the clear (a claimed value beside its own keyed hash: held twice).
 
@@ -142,9 +146,38 @@ class ImportSealing:
         return batch
 
 
-class AsStored(ImportSealing):
-    """Records written as they come; one in the clear refused where the
-    target held sealed data as the import began."""
+class WithoutKeys(ImportSealing):
+    """A target without master keys takes nothing sealed."""
+
+    # What to do about it, said at the end of the refusal.
+    advice = (
+        "this server has no master keys: it could read none of what they sealed, and would not start again on this"
+        " store. Start it with the master keys that wrap the export's data keys (--master-key-file or"
+        " CHRONICLE_MASTER_KEYS), then import"
+    )
+
+    def check(self, record: Stored, index: int) -> None:
+        if sealed(record):
+            raise refusal(
+                ENCRYPTED_EXPORT_WITHOUT_KEYS,
+                record,
+                index,
+                f"{what(record)} is sealed by encryption at rest (the export is of a store with master keys), and"
+                f" {self.advice}. The import stopped here, before writing this record's batch",
+            )
+
+
+class OfflineWithoutKeys(WithoutKeys):
+    """``chronicle import --database-url`` given no master keys: nothing
+    sealed, as a server without keys; nothing in the clear where the target
+    held sealed data as the import began."""
+
+    advice = (
+        "the command was given no master keys: it could not check that they open the export's data keys, nor derive"
+        " claims from the state they seal, and no server without them would start on this store. Give it the master"
+        " keys the servers will have (--master-key-file, or CHRONICLE_MASTER_KEY_FILE or CHRONICLE_MASTER_KEYS in"
+        " its environment), or import through a server started with them"
+    )
 
     def __init__(self) -> None:
         self._target_encrypted = False
@@ -156,6 +189,7 @@ class AsStored(ImportSealing):
             self._target_encrypted = True
 
     def check(self, record: Stored, index: int) -> None:
+        super().check(record, index)
         if self._target_encrypted and in_the_clear(record):
             raise refusal(
                 ENCRYPTION_KEYS_NEEDED,
@@ -163,25 +197,9 @@ class AsStored(ImportSealing):
                 index,
                 f"{what(record)} is in the clear, and this store is encrypted at rest: without its master keys the"
                 " import could only write it in the clear (a claimed value beside its own keyed hash would be held"
-                " twice). Give the command the store's master keys as the server takes them (CHRONICLE_MASTER_KEY_FILE"
-                " or CHRONICLE_MASTER_KEYS), so that it seals what it writes as the server would, or import through"
-                " the server. The import stopped here, before writing this record's batch",
-            )
-
-
-class WithoutKeys(ImportSealing):
-    """A target without master keys takes nothing sealed."""
-
-    def check(self, record: Stored, index: int) -> None:
-        if sealed(record):
-            raise refusal(
-                ENCRYPTED_EXPORT_WITHOUT_KEYS,
-                record,
-                index,
-                f"{what(record)} is sealed by encryption at rest (the export is of a store with master keys), and"
-                " this server has no master keys: it could read none of what they sealed, and would not start"
-                " again on this store. Start it with the master keys that wrap the export's data keys"
-                " (--master-key-file or CHRONICLE_MASTER_KEYS), then import. The import stopped here, before writing"
+                " twice). Give the command the store's master keys as the server takes them (--master-key-file, or"
+                " CHRONICLE_MASTER_KEY_FILE or CHRONICLE_MASTER_KEYS in its environment), so that it seals what it"
+                " writes as the server would, or import through the server. The import stopped here, before writing"
                 " this record's batch",
             )
 

@@ -127,8 +127,8 @@ async def test_an_import_leaves_out_an_older_exports_read_model_keys_where_the_t
 async def test_the_command_line_passes_over_them_into_a_store_whose_read_model_has_its_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``chronicle import --database-url`` (no master keys: the records
-    written as they come) says what it passed over in its summary."""
+    """``chronicle import --database-url`` (given the master keys, as it
+    must be for an encrypted export) says what it passed over in its summary."""
     path = tmp_path / "older.chronicle"
     write_export(path, await an_older_export())
     database = tmp_path / "target.db"
@@ -141,7 +141,10 @@ async def test_the_command_line_passes_over_them_into_a_store_whose_read_model_h
     finally:
         await store.close()
 
-    argv = ["import", str(path), "--database-url", f"sqlite:///{database}", "--quiet"]
+    keys = tmp_path / "master.keys"
+    keys.touch(mode=0o600)  # as serve, the command refuses a key file others could read (KEY_FILE_READABLE)
+    keys.write_text(KEYS + "\n")
+    argv = ["import", str(path), "--database-url", f"sqlite:///{database}", "--master-key-file", str(keys), "--quiet"]
     status = await asyncio.to_thread(cli.main, argv)
     out, err = capsys.readouterr()
 

@@ -58,11 +58,13 @@ async def test_a_store_with_every_kind_of_content_moves_from_sqlite_to_postgresq
     # The server is stopped: export the file, import into PostgreSQL.
     export = tmp_path / "store.chronicle"
     cli("export", str(export), "--snapshots", "--commands", "--database-url", old_url, server="unused:1")
-    moved = json.loads(cli("import", str(export), "--database-url", postgres_url, server="unused:1").stdout)
+    # With the servers' master keys: without, an encrypted export is refused (ENCRYPTED_EXPORT_WITHOUT_KEYS).
+    importing = ("import", str(export), "--database-url", postgres_url, "--master-key-file", keys)
+    moved = json.loads(cli(*importing, server="unused:1").stdout)
     assert (moved["events_written"], moved["claims_written"], moved["snapshots_written"]) == (6, 1, 1)
     # acc-1's, u-1's, acc-2's tombstone and the claims scope's: not the read model's, made again here
     assert moved["data_keys_written"] == 4
-    again = json.loads(cli("import", str(export), "--database-url", postgres_url, server="unused:1").stdout)
+    again = json.loads(cli(*importing, server="unused:1").stdout)
     assert (again["events_written"], again["events_skipped"]) == (0, 6)
 
     with psycopg.connect(postgres_url) as conn:
