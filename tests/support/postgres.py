@@ -78,6 +78,10 @@ class Cluster:
     def start(self) -> None:
         self._ctl("start", "-w", "-l", str(self.datadir / "server.log"))  # type: ignore[operator]
 
+    def promote(self) -> None:
+        """A standby made the primary, as an operator fails over (``pg_ctl promote``)."""
+        self._ctl("promote", "-w")
+
     def url_for(self, database: str) -> str:
         parts = urlsplit(self.admin_url)
         return urlunsplit(parts._replace(path=f"/{database}"))
