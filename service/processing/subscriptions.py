@@ -18,7 +18,8 @@ the new end are then handed out again, to other events. A subscriber that
 went on after the position it had would skip those, silently. So a
 subscription refuses to start after a position where the log no longer
 holds the event the client says it saw there (``after_event_id``: one
-indexed read per start), and a running one ends when a page read shows the
+indexed read per start), or that is beyond the log's end (no read: a
+position without an id beyond the end is only bad input), and a running one ends when a page read shows the
 log's end below a position it already read, or another event at that
 position than the one it read there (the end and the two ids come with the
 page: no extra read; see ``read_floor.py``). Both are ``LogRewound`` (LOG_REWOUND): the client
@@ -156,16 +157,36 @@ class Subscriptions:
         if request.from_end:
             start = head
         elif request.after_position > head:
-            raise InvalidInput(
-                f"position {request.after_position} is beyond the end of the log ({head})",
-                reason="POSITION_BEYOND_END",
-                metadata={"after_position": str(request.after_position), "log_head": str(head)},
-            )
+            raise self._beyond_end(request.after_position, request.after_event_id, head)
         else:
             start = request.after_position
             if start and request.after_event_id:
                 await self._check_still_holds(start, request.after_event_id, head)
         return self._follow(start, request.log_filter, request.per_event)
+
+    def _beyond_end(self, position: int, event_id: str, head: int) -> LogRewound | InvalidInput:
+        """The refusal of a start after ``position``, beyond the log's end
+        ``head``. With the id of the event the client read there, the
+        client read that position from a log, and this one ends below it:
+        it went back (a restore, a failover to a standby that lost commits),
+        LogRewound as for a live stream that meets the same end. Without an
+        id, nothing says it ever came from this log (a typo, another
+        store's position): POSITION_BEYOND_END."""
+        if not event_id:
+            return InvalidInput(
+                f"position {position} is beyond the end of the log ({head})",
+                reason="POSITION_BEYOND_END",
+                metadata={"after_position": str(position), "log_head": str(head)},
+            )
+        self._tell_rewound(
+            head,
+            "the log went back from %d to %d: restored or failed over? A subscriber resuming after %d, where it"
+            " read an event, is refused with LOG_REWOUND",
+            position,
+            head,
+            position,
+        )
+        return log_rewound(position, head)
 
     async def _check_still_holds(self, position: int, event_id: str, head: int) -> None:
         """LogRewound unless the log holds the event ``event_id`` at
@@ -175,9 +196,9 @@ class Subscriptions:
         no sign (``service.processing.read_floor``): deleting, archiving or
         replacing an aggregate removes its events and leaves their positions
         empty, never handed out again, so a subscriber whose checkpoint is on
-        an event of an aggregate deleted since resumes after it (the ends
-        below the position are caught by ``head``: ``open`` refuses a start
-        past the end first). One read by position (the primary key), on the
+        an event of an aggregate deleted since resumes after it (a log that
+        ends below the position went back too: ``open`` refuses that start
+        first, ``_beyond_end``). One read by position (the primary key), on the
         primary when reads come from a standby that may not have replayed it
         yet. Ids compare in their canonical form: an import may have stored
         one in upper case, and a client may send it in any form of the UUID."""

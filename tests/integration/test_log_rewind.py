@@ -264,6 +264,71 @@ async def test_a_resume_after_a_restore_written_on_since_is_refused_with_log_rew
         assert details.reason == "LOG_REWOUND" and details.metadata["position"] == "10"
 
 
+async def test_a_resume_beyond_the_end_of_a_restored_log_with_its_event_id_is_log_rewound(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscriber read to 10; the log is restored to a copy that ends at
+    5 and not written on since. Its checkpoint names the event it read at
+    10: it read that position from a log, so this one went back under it
+    (LOG_REWOUND, and the server's WARNING). Before, it was refused
+    INVALID_ARGUMENT POSITION_BEYOND_END, no WARNING, and once the log was
+    written past 10 the same resume was LOG_REWOUND. A position alone,
+    without an id, beyond the end is still POSITION_BEYOND_END: nothing says
+    it ever came from a log."""
+    sub_file, mark_file = FileCheckpoints(site.tmp / "sub.pos"), FileCheckpoints(site.tmp / "mark.pos")
+    async with running_server(site.store()) as (app, _):
+        await write(app.address, "acc-1", 4, open_it=True)  # positions 1..5
+    copy = site.backup()  # the backup: the log up to 5
+    async with running_server(site.store()) as (app, _):
+        await write(app.address, "acc-1", 5, open_it=False)  # 6..10: lost in the restore
+        taken = await consume(app.address, sub_file, 10)
+        await catch_up(app.address, mark_file, aggregate_id="nobody")  # the caught-up mark, at 10
+    assert isinstance(taken, list) and [e.position for e in taken] == list(range(1, 11))
+    saved = await sub_file.load_point()
+    assert saved is not None and (saved.position, saved.event_id) == (10, taken[-1].event_id)
+
+    caplog.set_level(logging.DEBUG, logger="service.processing.subscriptions")
+    async with running_server(site.store(site.restore(copy))) as (app, _):  # its end: 5
+        refused = await consume(app.address, sub_file, 1)
+        assert isinstance(refused, LogRewound)
+        assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LOG_REWOUND")
+        assert refused.metadata == {"position": "10", "log_head": "5"}
+        # After the caught-up mark alike (a filter that matched nothing).
+        assert isinstance(await consume(app.address, mark_file, 1, aggregate_id="acc-1"), LogRewound)
+        # The checkpoint is left where it was: nothing was skipped over.
+        assert await sub_file.load_point() == saved
+
+        async with connect(app.address) as raw:
+            # Without an id: a position from nowhere, bad input as before.
+            call = raw.events.Subscribe(pb.SubscribeRequest(after_position=10, pages=True))
+            with pytest.raises(grpc.aio.AioRpcError) as beyond:
+                async for _ in call:
+                    pass
+            assert beyond.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert details_of(beyond.value).reason == "POSITION_BEYOND_END"
+            assert dict(details_of(beyond.value).metadata) == {"after_position": "10", "log_head": "5"}
+            # A malformed id is still INVALID_EVENT_ID, never taken for a rewind.
+            call = raw.events.Subscribe(pb.SubscribeRequest(after_position=10, after_event_id="not-a-uuid"))
+            with pytest.raises(grpc.aio.AioRpcError) as malformed:
+                async for _ in call:
+                    pass
+            assert details_of(malformed.value).reason == "INVALID_EVENT_ID"
+    said = [r for r in caplog.records if "the log went back" in r.getMessage()]
+    # One WARNING for the log's new end, the second subscriber meeting it at DEBUG.
+    assert [(r.levelno, r.getMessage()) for r in said] == [
+        (
+            logging.WARNING,
+            "the log went back from 10 to 5: restored or failed over? A subscriber resuming after 10, where it"
+            " read an event, is refused with LOG_REWOUND",
+        ),
+        (
+            logging.DEBUG,
+            "the log went back from 10 to 5: restored or failed over? A subscriber resuming after 10, where it"
+            " read an event, is refused with LOG_REWOUND",
+        ),
+    ]
+
+
 async def test_a_resume_on_an_unchanged_log_goes_on_checked(site: Site) -> None:
     sub_file, mark_file = FileCheckpoints(site.tmp / "sub.pos"), FileCheckpoints(site.tmp / "mark.pos")
     async with running_server(site.store()) as (app, _):

@@ -181,12 +181,13 @@ async def test_a_subscription_survives_a_server_restart_without_a_gap_or_a_repea
 async def test_a_checkpoint_of_another_store_is_refused_beyond_its_end_and_below_it(
     tmp_path: Path,
 ) -> None:
-    """docs/clients.md on greeted.pos: it said a position beyond the log's
-    end "waits for events that never come"; Subscribe refuses it
-    (POSITION_BEYOND_END). Below another store's head, a position saved
-    with the id of the event seen there is refused too (LOG_REWOUND: that
-    log holds another event there), where it skipped that store's events up
-    to it; saved without the id (an older client's file), it still does."""
+    """docs/clients.md on greeted.pos: a position saved with the id of the
+    event seen there is refused LOG_REWOUND by another store, beyond its
+    end (that log never held it: it was POSITION_BEYOND_END, called "the
+    harmless case") and below it (that log holds another event there),
+    where it skipped that store's events up to it. Saved without the id
+    (an older client's file), beyond the end it is POSITION_BEYOND_END, and
+    below it still skips."""
     saved = FileCheckpoints(tmp_path / "greeted.pos")
     async with running_server(MemoryStore()) as (one, _), ChronicleClient.connect(one.address) as client:
         await open_account(client, "acc-1", deposits=5)  # positions 1 to 6
@@ -197,8 +198,14 @@ async def test_a_checkpoint_of_another_store_is_refused_beyond_its_end_and_below
     assert await saved.load() == 6
     async with running_server(MemoryStore()) as (other, _), ChronicleClient.connect(other.address) as client:
         await open_account(client, "acc-2", deposits=1)  # positions 1 and 2: 6 is beyond the end
-        with pytest.raises(InvalidArgument) as refused:
+        with pytest.raises(LogRewound) as beyond:
             await asyncio.wait_for(anext(aiter(client.subscribe(checkpoints=saved))), 10)
+        assert beyond.value.metadata == {"position": "6", "log_head": "2"}
+        (tmp_path / "old.pos").write_text("6\n")  # an older client's file: the position alone
+        with pytest.raises(InvalidArgument) as refused:
+            await asyncio.wait_for(
+                anext(aiter(client.subscribe(checkpoints=FileCheckpoints(tmp_path / "old.pos")))), 10
+            )
         assert (refused.value.reason, refused.value.metadata["log_head"]) == ("POSITION_BEYOND_END", "2")
         await open_account(client, "acc-3", deposits=4)  # positions 3 to 7: now 6 is below the head
         with pytest.raises(LogRewound) as rewound:
