@@ -624,7 +624,9 @@ class ChronicleClient:
         ``from_end``) and saves as it goes. ``after_event_id``: the id of
         the event seen at ``after_position`` (a ``Subscription.event_id``
         kept beside its position): the server refuses with ``LogRewound``
-        when the log no longer holds it there. See :class:`Subscription`."""
+        when the log no longer holds it there, or ends below that position
+        (without the id, beyond the end is ``InvalidArgument``
+        POSITION_BEYOND_END). See :class:`Subscription`."""
 
         def open_call(request: event_service_pb2.SubscribeRequest) -> Any:
             return self._events.Subscribe(request, metadata=self._call_metadata())  # a stream: no deadline

@@ -1277,11 +1277,13 @@ export class ChronicleClient {
    * to resume after a restart (pass it back as `afterPosition`), and
    * `subscription.eventId` beside it (the id of the event seen at that
    * position; pass it back as `afterEventId`): every reopening sends it, and
-   * a server whose log no longer holds that event there (restored from an
-   * older copy, failed over to a standby that lost commits) refuses with a
+   * a server whose log no longer holds that event there, or ends below that
+   * position (restored from an older copy, failed over to a standby that
+   * lost commits), refuses with a
    * LogRewoundError (FAILED_PRECONDITION LOG_REWOUND), as does a live
    * stream whose log goes back under it; it is never retried. Without an
-   * id (a position saved alone) the resume is not checked. Checkpoint and
+   * id (a position saved alone) the resume is not checked (beyond the log's
+   * end it is INVALID_ARGUMENT POSITION_BEYOND_END). Checkpoint and
    * caught-up messages carry `eventId` too. `cancel()` ends it.
    */
   subscribe(

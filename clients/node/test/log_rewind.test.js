@@ -4,7 +4,9 @@
 // it all, keeping `position` and `eventId`; the copy is restored and written
 // on (6..12 are other events now). Resuming with the id is refused with a
 // LogRewoundError; without it (a position kept alone) it goes on unchecked,
-// as before; on an unchanged log, with the id, it goes on.
+// as before; on an unchanged log, with the id, it goes on. Restored and not
+// written on (its end, 5, below the position kept): with the id, the same
+// LogRewoundError; without it, INVALID_ARGUMENT POSITION_BEYOND_END.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -27,9 +29,9 @@ after(() => {
   fs.rmSync(directory, { recursive: true, force: true });
 });
 
-/** A server on the SQLite file, `body(client)`, then the server stopped (its file closed). */
-async function serving(body) {
-  const server = await startServer({ args: ['--database-url', `sqlite:///${database}`, '--anonymous-admin'] });
+/** A server on the SQLite file (`file`, default `database`), `body(client)`, then the server stopped (its file closed). */
+async function serving(body, file = database) {
+  const server = await startServer({ args: ['--database-url', `sqlite:///${file}`, '--anonymous-admin'] });
   const client = new ChronicleClient(server.address, { origin: 'node-tests' });
   try {
     return await body(client);
@@ -107,4 +109,38 @@ test('a resume after a restore written on since is refused with LogRewoundError;
     const [next] = await take(again, 1);
     assert.equal(next.position, 13);
   });
+});
+
+test('a resume beyond the end of a restored log is refused with LogRewoundError; POSITION_BEYOND_END without an id', async () => {
+  const file = path.join(directory, 'beyond.db');
+  const backup = path.join(directory, 'beyond-backup.db');
+  await serving((client) => account(client, 'acc-1', 4), file); // positions 1..5
+  copyDatabase(file, backup);
+  const kept = await serving(async (client) => {
+    await account(client, 'acc-1', 5, { open: false }); // 6..10: lost in the restore
+    const subscription = client.subscribe({});
+    await take(subscription, 10);
+    return { position: subscription.position, eventId: subscription.eventId };
+  }, file);
+  assert.equal(kept.position, 10);
+
+  copyDatabase(backup, file); // the restore, not written on since: its end is 5
+  await serving(async (client) => {
+    const resumed = client.subscribe({}, { afterPosition: kept.position, afterEventId: kept.eventId });
+    await assert.rejects(take(resumed, 1), (error) => {
+      assert.ok(error instanceof LogRewoundError, `${error}`);
+      assert.equal(error.code, 'FAILED_PRECONDITION');
+      assert.equal(error.reason, 'LOG_REWOUND');
+      assert.deepEqual(error.metadata, { position: '10', log_head: '5' });
+      return true;
+    });
+    // A position kept alone: nothing says it came from a log, bad input as before.
+    await assert.rejects(take(client.subscribe({}, { afterPosition: kept.position }), 1), (error) => {
+      assert.ok(error instanceof ChronicleError && !(error instanceof LogRewoundError), `${error}`);
+      assert.equal(error.code, 'INVALID_ARGUMENT');
+      assert.equal(error.reason, 'POSITION_BEYOND_END');
+      assert.deepEqual(error.metadata, { after_position: '10', log_head: '5' });
+      return true;
+    });
+  }, file);
 });
