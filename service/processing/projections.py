@@ -67,6 +67,7 @@ from chronicle.v1 import event_pb2
 from service.errors import (
     ChronicleError,
     ConcurrencyConflict,
+    LogRewound,
     ProjectionFailed,
     StoreUnavailable,
     SubjectsForgotten,
@@ -992,7 +993,7 @@ class ProjectionRunner(CheckpointedRunner):
                 ahead = None
                 if page.scanned_to == position:
                     if committing is None and committed_to == position:
-                        position = committed_to = await self._stored_checkpoint(position)
+                        position = committed_to = await self._stored_checkpoint(position, page.head)
                     break
                 if self._lease is not None and self._lease.fencing() != fencing:
                     break  # the lease moved: the next step starts over
@@ -1263,13 +1264,37 @@ class ProjectionRunner(CheckpointedRunner):
             return 0, ""
         return self.status.stopped_at, self.status.error
 
-    async def _stored_checkpoint(self, position: int) -> int:
+    async def _stored_checkpoint(self, position: int, head: int | None = None) -> int:
         """Nothing new after ``position``: the checkpoint as stored, which
         differs only when the projection was rebuilt (moved back to 0) or
-        another runner moved it. Then the cache is stale and goes."""
+        another runner moved it, or the log went back under ``position``
+        (its end ``head`` below it: restored from an older copy, failed over
+        to a standby that lost commits), the checkpoint, kept in the same
+        database, with it. Then the cache is stale and goes. A checkpoint
+        beyond the log's end did not go back with it: going on would wait
+        for the log to pass it and skip what comes before, so it is this
+        runner's failure (LOG_REWOUND, in its status, tried again as any)."""
         stored = await self._documents.projection_position(self.projection.name)
-        if stored != position:
+        went_back = head is not None and head < position
+        if went_back and head is not None and stored > head:
+            raise LogRewound(
+                f"projection {self.projection.name}: its checkpoint {stored} is beyond the log's end {head}: the"
+                " log went back without it (not restored from one copy of the database?); it would skip the"
+                " events written up to its checkpoint. Rebuild it (docs/subscriptions.md)",
+                metadata={"projection": self.projection.name, "position": str(stored), "log_head": str(head)},
+            )
+        if went_back:
+            log.warning(
+                "projection %s: the log went back under its position %d (its end is now %d): restored or failed"
+                " over? It goes on from its checkpoint as the database holds it, %d",
+                self.projection.name,
+                position,
+                head,
+                stored,
+            )
+        elif stored != position:
             log.info("projection %s: checkpoint moved from %d to %d (rebuilt)", self.projection.name, position, stored)
+        if stored != position:
             self._cache.clear()
             self._version_checked = False  # a rebuild from another replica records its own version
             self.status.position = stored

@@ -80,6 +80,7 @@ from service.errors import (
     CommandIdReused,
     EventNotReadable,
     HandlerFailed,
+    LogRewound,
     PermissionDenied,
     ReactionFailed,
     ResourceNotFound,
@@ -367,6 +368,8 @@ class ReactionRunner(CheckpointedRunner):
         try:
             while True:
                 page = await self._read(position)
+                if page.scanned_to == position and page.head is not None and page.head < position:
+                    return await self._went_back(position, page.head)
                 if page.scanned_to == position:
                     # Caught up: every deadline due by now may fire.
                     await self._fire_due(position, fencing, self._clock())
@@ -614,6 +617,42 @@ class ReactionRunner(CheckpointedRunner):
         if failure is not None:
             raise failure
         return done
+
+    async def _went_back(self, position: int, head: int) -> int:
+        """The checkpoint as the database holds it, when the log's end is
+        below ``position``, where this runner is in memory: the log went back
+        under it (restored from an older copy, failed over to a standby that
+        lost commits), and the checkpoint, kept in the same database, with
+        it. Waiting for the log to pass ``position`` again would hold back
+        the events written meanwhile at the reused positions (a commit from
+        ``position`` would then fail its compare-and-set: held back, not
+        skipped). What it cached, counted and scheduled went back too.
+
+        A checkpoint beyond the log's end too did not go back with it (a
+        database that cannot have been restored whole): going on would wait
+        for the log to pass it and skip what comes before, so it is this
+        runner's failure (LOG_REWOUND, in its status, tried again as any)."""
+        stored = await self._documents.projection_position(self.reaction.name)
+        if stored > head:
+            raise LogRewound(
+                f"reaction {self.reaction.name}: its checkpoint {stored} is beyond the log's end {head}: the log"
+                " went back without it (not restored from one copy of the database?); it would skip the events"
+                " written up to its checkpoint. Re-sync it deliberately (docs/subscriptions.md)",
+                metadata={"reaction": self.reaction.name, "position": str(stored), "log_head": str(head)},
+            )
+        log.warning(
+            "reaction %s: the log went back under its position %d (its end is now %d): restored or failed over?"
+            " It goes on from its checkpoint as the database holds it, %d",
+            self.reaction.name,
+            position,
+            head,
+            stored,
+        )
+        self._cache.clear()
+        self._failures.forget()
+        self._soonest.forget()
+        self.status.position = stored
+        return stored
 
     async def _in_place(self) -> tuple[int, ReactionBatch]:
         """The checkpoint and a batch of its own (not the runner's cache),

@@ -45,9 +45,11 @@ from service.store.sqlite import SqliteStore
 from tests.support.console import server_sent
 from tests.support.grpc_client import Client, connect, details_of, running_server
 from tests.support.postgres import Cluster
+from tests.support.processes import free_port
 from tests.support.waiting import eventually
 
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
+SUBSCRIPTIONS = "service.processing.subscriptions"  # the logger of what the subscriptions say
 
 
 @dataclass
@@ -313,7 +315,7 @@ async def test_a_resume_beyond_the_end_of_a_restored_log_with_its_event_id_is_lo
                 async for _ in call:
                     pass
             assert details_of(malformed.value).reason == "INVALID_EVENT_ID"
-    said = [r for r in caplog.records if "the log went back" in r.getMessage()]
+    said = [r for r in caplog.records if r.name == SUBSCRIPTIONS and "the log went back" in r.getMessage()]
     # One WARNING for the log's new end, the second subscriber meeting it at DEBUG.
     assert [(r.levelno, r.getMessage()) for r in said] == [
         (
@@ -327,6 +329,34 @@ async def test_a_resume_beyond_the_end_of_a_restored_log_with_its_event_id_is_lo
             " read an event, is refused with LOG_REWOUND",
         ),
     ]
+
+
+async def test_a_live_subscriber_reopening_on_a_failed_over_log_behind_it_gets_log_rewound(site: Site) -> None:
+    """The DR walkthrough's live streams: a subscriber caught up at 10, its
+    server gone (the stream broken: the client reopens, with the position
+    and id it has), and the server back at the same address on a database
+    that ends at 5 (failed over to a standby that lost 6..10, or restored).
+    Its reopening is refused LOG_REWOUND, never retried, where it died with
+    POSITION_BEYOND_END."""
+    listen = f"127.0.0.1:{free_port()}"
+    async with running_server(site.store(), listen=listen) as (app, _):
+        await write(app.address, "acc-1", 4, open_it=True)  # 1..5
+    copy = site.backup()  # the standby's copy: the log up to 5
+    async with ChronicleClient.connect(listen, retry=FAST) as client:
+        subscription = client.subscribe()
+        events = aiter(subscription)
+        async with running_server(site.store(), listen=listen) as (app, _):
+            await write(app.address, "acc-1", 5, open_it=False)  # 6..10: lost in the failover
+            async with asyncio.timeout(30):
+                assert [(await anext(events)).position for _ in range(10)] == list(range(1, 11))
+            following = asyncio.ensure_future(anext(events))  # caught up, then live
+            await asyncio.wait_for(subscription.caught_up.wait(), 30)
+        # The server is gone: the client tries to reopen after 10 meanwhile.
+        async with running_server(site.store(site.restore(copy)), listen=listen):
+            with pytest.raises(LogRewound) as ended:
+                await asyncio.wait_for(following, 30)
+        await events.aclose()
+    assert ended.value.metadata == {"position": "10", "log_head": "5"}
 
 
 async def test_a_resume_on_an_unchanged_log_goes_on_checked(site: Site) -> None:
@@ -444,7 +474,9 @@ async def test_a_live_subscription_ends_with_log_rewound_when_the_log_goes_back_
             await events.aclose()
             await other_events.aclose()
     assert ended.value.metadata == {"position": "10", "log_head": "5"}
-    warnings = [r.getMessage() for r in caplog.records if "the log went back" in r.getMessage()]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.name == SUBSCRIPTIONS and "the log went back" in r.getMessage()
+    ]
     assert warnings == [
         "the log went back from 10 to 5: restored or failed over?"
         " A subscription that had read up to 10 is ended with LOG_REWOUND"
@@ -478,7 +510,9 @@ async def test_a_live_subscription_ends_with_log_rewound_when_new_writes_carried
                     await asyncio.wait_for(following, 30)
                 assert ended.value.metadata == {"position": "10", "log_head": "12"}
                 await events.aclose()
-    warnings = [r.getMessage() for r in caplog.records if "the log went back" in r.getMessage()]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.name == SUBSCRIPTIONS and "the log went back" in r.getMessage()
+    ]
     assert warnings == [
         "the log went back under 10 and was written past it since (another event is stored at that position"
         " now; the log's end is 12): restored or failed over? A subscription that had read up to 10 is ended"
