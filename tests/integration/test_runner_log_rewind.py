@@ -21,6 +21,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from domain_plugins import bank_account
@@ -28,6 +29,8 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.client import ChronicleClient
 from service.plugins.registry import Registry
+from service.store.base import StoreAdapter
+from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
 from tests.support import plugins, reaction_notes
 from tests.support.grpc_client import running_server
@@ -36,6 +39,34 @@ from tests.support.waiting import eventually
 NOTES = "notes.names"
 REGISTRY = Registry([plugins.gates, reaction_notes.plugin])
 BALANCES = "bank.balances_by_owner"
+
+
+class CutLog:
+    """A database whose log can be cut back to a position under a running
+    server, its events only (the runners' checkpoints left where they were)."""
+
+    def __init__(self, kind: str, where: str) -> None:
+        self.kind, self.where = kind, where
+
+    def store(self) -> StoreAdapter:
+        return SqliteStore(Path(self.where)) if self.kind == "sqlite" else PostgresStore(self.where, pool_size=4)
+
+    async def cut_to(self, head: int) -> None:
+        if self.kind == "sqlite":
+            with sqlite3.connect(self.where) as db:
+                db.execute("DELETE FROM events WHERE position > ?", (head,))
+                db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (head,))
+            return
+        async with await psycopg.AsyncConnection.connect(self.where, autocommit=True) as conn, conn.transaction():
+            await conn.execute("DELETE FROM chronicle.events WHERE position > %s", (head,))
+            await conn.execute("UPDATE chronicle.log_head SET last_position = %s", (head,))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def cut_log(request: pytest.FixtureRequest, tmp_path: Path) -> CutLog:
+    if request.param == "sqlite":
+        return CutLog("sqlite", str(tmp_path / "events.db"))
+    return CutLog("postgres", request.getfixturevalue("postgres_url"))
 
 
 def copy_database(source: Path, target: Path) -> None:
@@ -81,10 +112,9 @@ async def test_a_reaction_ahead_of_a_restored_log_goes_on_from_its_restored_chec
     }
 
 
-async def test_a_reaction_whose_checkpoint_is_beyond_the_log_s_end_fails_with_log_rewound(tmp_path: Path) -> None:
-    live = tmp_path / "events.db"
+async def test_a_reaction_whose_checkpoint_is_beyond_the_log_s_end_fails_with_log_rewound(cut_log: CutLog) -> None:
     async with (
-        running_server(SqliteStore(live), registry=REGISTRY, anonymous_admin=True, poll_seconds=0.05) as (app, _),
+        running_server(cut_log.store(), registry=REGISTRY, anonymous_admin=True, poll_seconds=0.05) as (app, _),
         ChronicleClient.connect(app.address) as client,
     ):
 
@@ -97,9 +127,7 @@ async def test_a_reaction_whose_checkpoint_is_beyond_the_log_s_end_fails_with_lo
         await eventually(lambda: notes_at(10), what="the reaction at 10")
         # The log cut back to 5, the reactions' checkpoints left at 10: no
         # restore of one database does that, but nothing else says so.
-        with sqlite3.connect(live) as db:
-            db.execute("DELETE FROM events WHERE position > 5")
-            db.execute("UPDATE sqlite_sequence SET seq = 5 WHERE name = 'events'")
+        await cut_log.cut_to(5)
 
         async def failed() -> bool:
             return "LOG_REWOUND" in (await client.reactions.get(NOTES)).error
@@ -147,10 +175,9 @@ async def test_a_projection_ahead_of_a_restored_log_goes_on_from_its_restored_ch
     }
 
 
-async def test_a_projection_whose_checkpoint_is_beyond_the_log_s_end_fails_with_log_rewound(tmp_path: Path) -> None:
-    live = tmp_path / "events.db"
+async def test_a_projection_whose_checkpoint_is_beyond_the_log_s_end_fails_with_log_rewound(cut_log: CutLog) -> None:
     async with (
-        running_server(SqliteStore(live), registry=Registry([bank_account.plugin]), poll_seconds=0.05) as (app, _),
+        running_server(cut_log.store(), registry=Registry([bank_account.plugin]), poll_seconds=0.05) as (app, _),
         ChronicleClient.connect(app.address) as client,
     ):
 
@@ -161,9 +188,7 @@ async def test_a_projection_whose_checkpoint_is_beyond_the_log_s_end_fails_with_
         for amount in range(1, 10):  # 2..10
             await client.submit("acc-1", bank.Deposit(amount=amount))
         await eventually(lambda: balances_at(10), what="the projection at 10")
-        with sqlite3.connect(live) as db:  # the log cut back to 5, the checkpoints left at 10
-            db.execute("DELETE FROM events WHERE position > 5")
-            db.execute("UPDATE sqlite_sequence SET seq = 5 WHERE name = 'events'")
+        await cut_log.cut_to(5)  # the checkpoints left at 10
 
         async def failed() -> bool:
             return "LOG_REWOUND" in (await client.projections.get(BALANCES)).error
