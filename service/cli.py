@@ -11,6 +11,7 @@
     chronicle projection parked NAME         # events its handler kept failing on
     chronicle projection --orphaned          # also those stored that no loaded plugin declares (admin)
     chronicle projection delete NAME         # delete an undeclared projection's stored rows (admin)
+    chronicle reaction NAME reset --to POSITION|start|end   # move its checkpoint (admin; back: handled again)
     chronicle reaction [NAME] [--parked | --replay COMMAND_ID | --dismiss COMMAND_ID | --replay-all | --dismiss-all
                                              | --drop-state STATE_KEY... | --state STATE_KEY
                                              | --states [--prefix P] | --drop-states --prefix P [--confirm N]]
@@ -714,6 +715,47 @@ def _parking_takes(status: projection_service_pb2.GetProjectionResponse) -> floa
     return max(status.max_attempts, 1) * (retry + _REBUILD_TRY_SECONDS)
 
 
+def _reset_to(text: str) -> int | str:
+    """``--to``: a log position, ``start`` or ``end``."""
+    if text in ("start", "end"):
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is no log position: give a number, start or end")
+    return int(text)
+
+
+def _reset_reaction(args: argparse.Namespace, stub: reaction_service_pb2_grpc.ReactionServiceStub) -> int:
+    """``chronicle reaction NAME reset --to POSITION|start|end``."""
+    acting = (args.replay, args.dismiss, args.drop_state, args.state)
+    flags = (args.parked, args.replay_all, args.dismiss_all, args.states, args.drop_states)
+    if (
+        args.name is None
+        or args.verb != "reset"
+        or args.to is None
+        or any(given is not None for given in acting)
+        or any(flags)
+    ):
+        raise _UsageError(
+            "reset moves one reaction's checkpoint, and nothing else in the same call",
+            "chronicle reaction NAME reset --to POSITION|start|end",
+        )
+    request = reaction_service_pb2.ResetReactionRequest(name=args.name)
+    if args.to == "end":
+        request.to_end = True
+    elif args.to != "start":
+        request.position = args.to
+    reset = stub.ResetReaction(request, timeout=args.timeout)
+    _print(
+        {
+            "reaction": args.name,
+            "previous_position": reset.previous_position,
+            "position": reset.position,
+            "log_head": reset.log_head,
+        }
+    )
+    return EXIT_OK
+
+
 def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
     stub = reaction_service_pb2_grpc.ReactionServiceStub(channel)
     if args.name is None and (
@@ -731,6 +773,8 @@ def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
             "--parked, --replay, --dismiss, --replay-all, --dismiss-all and the --state options act on one reaction",
             "name it: chronicle reaction NAME --parked (or --replay COMMAND_ID, --replay-all, --state KEY, ...)",
         )
+    if args.verb == "reset" or args.to is not None:
+        return _reset_reaction(args, stub)
     if args.reason and not (args.replay_all or args.dismiss_all):
         raise _UsageError("--reason goes with --replay-all or --dismiss-all", "add one of them, or leave --reason out")
     if args.prefix is not None and not (args.states or args.drop_states):
@@ -2743,6 +2787,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="reactions' progress, a reaction's parked commands (replay or dismiss them) and process states (admin)",
     )
     reaction.add_argument("name", nargs="?", help="e.g. bank.transfers (none: every reaction)")
+    reaction.add_argument(
+        "verb",
+        nargs="?",
+        choices=["reset"],
+        help="reset --to POSITION|start|end: move its checkpoint; back, it handles the events after it again (admin)",
+    )
+    reaction.add_argument(
+        "--to", type=_reset_to, metavar="POSITION|start|end", help="with reset: the new checkpoint (start: 0)"
+    )
     chosen = reaction.add_mutually_exclusive_group()
     chosen.add_argument("--parked", action="store_true", help="list the reaction's parked commands")
     chosen.add_argument("--replay", metavar="COMMAND_ID", help="send a parked command again (admin)")

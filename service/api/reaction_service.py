@@ -237,6 +237,19 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             log.warning("%s of reaction %s, by %r", outcome.message, reaction.name, current_principal.get().name)
             return pb.DropProcessStateResponse(dropped=len(state_keys))
 
+    async def ResetReaction(
+        self, request: pb.ResetReactionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ResetReactionResponse:
+        async with self._audited("ResetReaction", request.name) as outcome:
+            self._authorizer.check_admin(current_principal.get(), "reset a reaction's checkpoint")
+            reaction = self._reaction("name", request.name)
+            head = await self._log.log_head()
+            to = reset_target(request, head)
+            before = await self._reactions.runners[reaction.name].reset(to)
+            outcome.message = f"checkpoint moved from {before} to {to} (log head {head})"
+            log.warning("reaction %s: %s, by %r", reaction.name, outcome.message, current_principal.get().name)
+            return pb.ResetReactionResponse(previous_position=before, position=to, log_head=head)
+
     async def GetProcessState(
         self, request: pb.GetProcessStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetProcessStateResponse:
@@ -375,6 +388,27 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             if more and last is not None
             else "",
         )
+
+
+def reset_target(request: pb.ResetReactionRequest, head: int) -> int:
+    """Where a ResetReaction moves the checkpoint: its position, or the
+    log's ``head`` for ``to_end``; never past the head (the reaction would
+    pass over events not yet written)."""
+    if request.to_end:
+        if request.position:
+            raise InvalidInput(
+                f"give a position ({request.position}) or to_end, not both",
+                reason="RESET_TARGET_AMBIGUOUS",
+                metadata={"reaction": request.name, "position": str(request.position)},
+            )
+        return head
+    if request.position > head:
+        raise InvalidInput(
+            f"position {request.position} is past the log's head ({head}): a reaction can be reset to {head} at most",
+            reason="POSITION_BEYOND_HEAD",
+            metadata={"reaction": request.name, "position": str(request.position), "log_head": str(head)},
+        )
+    return request.position
 
 
 def _state_keys(request: pb.DropProcessStateRequest) -> list[str]:

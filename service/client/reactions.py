@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator, Sequence
+from typing import Literal
 
 from chronicle.v1 import reaction_service_pb2 as pb
 from chronicle.v1 import reaction_service_pb2_grpc as pb_grpc
@@ -37,6 +38,7 @@ ParkedCommand = pb.ParkedCommand
 ReplayedCommand = pb.ReplayParkedCommandResponse
 ReplayedAll = pb.ReplayAllParkedCommandsResponse
 ProcessState = pb.StoredProcessState
+Reset = pb.ResetReactionResponse
 
 
 class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
@@ -232,5 +234,28 @@ class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
         request = pb.DropProcessStateRequest(reaction=reaction, state_key=state_key)
         await self._call(f"drop state {state_key!r} of {reaction!r}", self._stub.DropProcessState, request, timeout)
 
+    async def reset(
+        self,
+        reaction: str,
+        to: int | Literal["start", "end"],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> Reset:
+        """Move ``reaction``'s checkpoint to ``to``: a log position, "start"
+        (0) or "end" (the log's head): back, it handles the events after it
+        again (their commands under the same ids, answered from their
+        records where the store has them; imported events stay history).
+        Admin grant, on the server that runs it (``FailedPrecondition``
+        REACTION_RUNS_ELSEWHERE elsewhere); ``InvalidArgument``
+        POSITION_BEYOND_HEAD for a position past the log's head. Where it
+        was and is now, and the log's head then."""
+        request = pb.ResetReactionRequest(name=reaction)
+        if to == "end":
+            request.to_end = True
+        elif to != "start":
+            request.position = to
+        response: Reset = await self._call(f"reset {reaction!r} to {to}", self._stub.ResetReaction, request, timeout)
+        return response
 
-__all__ = ["ParkedCommand", "ProcessState", "ReactionStatus", "Reactions", "ReplayedAll", "ReplayedCommand"]
+
+__all__ = ["ParkedCommand", "ProcessState", "ReactionStatus", "Reactions", "ReplayedAll", "ReplayedCommand", "Reset"]

@@ -324,6 +324,10 @@ class ReactionRunner(CheckpointedRunner):
         # commits: deadlines fired, commands their firing parked.
         self._replay_fired = 0
         self._replay_parked = 0
+        # Where an operator's reset moved the checkpoint, for the next step
+        # to go on from (None: not moved), and the wake-up that starts it.
+        self._reset_to: int | None = None
+        self._nudged = asyncio.Event()
 
     def started_at(self, position: int) -> None:
         """Its start is fixed (or was found), at ``position``: nothing left
@@ -355,6 +359,9 @@ class ReactionRunner(CheckpointedRunner):
         if self._fix_start is not None:
             self.started_at(await self._fix_start())
             position = self.status.position = await self._documents.projection_position(self.reaction.name)
+        if self._reset_to is not None:
+            # Reset between two steps: the loop still holds the old checkpoint.
+            position, self._reset_to = self._reset_to, None
         fencing = self._lease.fencing() if self._lease is not None else None
         if self._lease is not None:
             if fencing is None:
@@ -1024,9 +1031,53 @@ class ReactionRunner(CheckpointedRunner):
         batch.write(deadline_key(due.state_key, due.name), counted, tuple(sorted(state.subjects)), due_us=due.due_us)
 
     async def _wait_for_work(self, position: int) -> None:
-        """Until the log has events after ``position``, a poll's while, or
-        the soonest deadline is due, whichever comes first."""
-        await self._log.wait_for_commit(position, self._soonest.wait(self._clock(), self._poll_interval))
+        """Until the log has events after ``position``, a poll's while, the
+        soonest deadline is due, or an operator reset the checkpoint here,
+        whichever comes first."""
+        if self._nudged.is_set():
+            self._nudged.clear()
+            return
+        commit = asyncio.ensure_future(
+            self._log.wait_for_commit(position, self._soonest.wait(self._clock(), self._poll_interval))
+        )
+        nudge = asyncio.ensure_future(self._nudged.wait())
+        try:
+            await asyncio.wait((commit, nudge), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            commit.cancel()
+            nudge.cancel()
+        self._nudged.clear()
+
+    async def _pause_after_failure(self) -> None:
+        # Cut short by a reset: the operator moved it off the failure.
+        try:
+            async with asyncio.timeout(self._retry_interval):
+                await self._nudged.wait()
+        except TimeoutError:
+            return
+        self._nudged.clear()
+
+    async def reset(self, to: int) -> int:
+        """Move the checkpoint to ``to`` (ResetReaction), forward or back,
+        and return where it was: between two batches (under the lock, which
+        every step holds), in a commit fenced by the lease, so no batch read
+        from the old checkpoint commits after it. ``RunsElsewhere`` unless
+        this replica runs the reaction. Process states, parked commands and
+        deadlines stay as they are: handled again, an event meets the state
+        its process has now, and its commands, under ids derived from it,
+        are answered from their records where the store has them."""
+        async with self._lock:
+            fencing = self._runs_here()
+            before = await self._documents.projection_position(self.reaction.name)
+            await self._documents.commit_projection(
+                self.reaction.name, expected_position=before, new_position=to, writes=(), fencing=fencing
+            )
+            # What was read at the old checkpoint is not what the next batch starts from.
+            self._cache.clear()
+            self._failures.forget()
+            self._reset_to = self.status.position = to
+        self._nudged.set()
+        return before
 
     async def _act(
         self,

@@ -168,6 +168,25 @@ export class Reactions {
   }
 
   /**
+   * Moves the checkpoint of `reaction` to `to`: a log position, 'start' (0)
+   * or 'end' (the log's head): back, it handles the events after it again,
+   * its commands under the same ids (answered from their records where the
+   * store has them; imported events stay history). { previous_position,
+   * position, log_head }. Rejects INVALID_ARGUMENT POSITION_BEYOND_HEAD for
+   * a position past the log's head. As `replay` for where and who.
+   */
+  async reset(reaction, to, { signal, timeoutSeconds } = {}) {
+    const request = { name: reaction, position: 0, to_end: to === 'end' };
+    if (to !== 'start' && to !== 'end') request.position = to;
+    const { previous_position, position, log_head } = await this.#call(
+      'ResetReaction',
+      request,
+      this.#bound({ signal, timeoutSeconds }),
+    );
+    return { previous_position, position, log_head };
+  }
+
+  /**
    * Deletes the state `reaction` keeps under `stateKey` (one process's): the
    * way out of a state it cannot load (DOCUMENT_TYPE_MISMATCH, with the key
    * in the error's metadata `state_key`; STATE_UPCAST_FAILED); the process

@@ -141,6 +141,23 @@ test('parked commands are replayed and dismissed one by one and all at once, by 
   });
 });
 
+test('a reaction reset to the start handles the log again; past the head is refused', async () => {
+  await withServer(async (client) => {
+    await park(client, ['a', 'b']);
+    assert.equal(await client.reactions.dismissAll(RELAY), 2);
+    const before = await client.reactions.get(RELAY);
+    const reset = await client.reactions.reset(RELAY, 'start');
+    assert.deepEqual(reset, { previous_position: before.position, position: 0, log_head: before.log_head });
+    // Sent again under the same ids, answered from their recorded refusals: parked again.
+    await eventually(async () => (await client.reactions.get(RELAY)).parked === 2, 'both parked again');
+    await assert.rejects(
+      client.reactions.reset(RELAY, before.log_head + 1000),
+      refusedWith('INVALID_ARGUMENT', 'POSITION_BEYOND_HEAD'),
+    );
+    assert.equal((await client.reactions.reset(RELAY, 'end')).position, (await client.reactions.get(RELAY)).log_head);
+  });
+});
+
 test('a parked command is dismissed all at once with the others', async () => {
   await withServer(async (client) => {
     await park(client, ['a', 'b', 'c']);

@@ -187,6 +187,7 @@ export declare const REASONS: Readonly<{
   PLUGIN_EXISTS: 'PLUGIN_EXISTS';
   PLUGIN_IMPORT_FAILED: 'PLUGIN_IMPORT_FAILED';
   POSITION_BEYOND_END: 'POSITION_BEYOND_END';
+  POSITION_BEYOND_HEAD: 'POSITION_BEYOND_HEAD';
   PREFIX_NOT_SEPARATED: 'PREFIX_NOT_SEPARATED';
   PRINCIPAL_RATE_LIMITED: 'PRINCIPAL_RATE_LIMITED';
   PRINCIPAL_TOO_MANY_REQUESTS: 'PRINCIPAL_TOO_MANY_REQUESTS';
@@ -212,6 +213,7 @@ export declare const REASONS: Readonly<{
   REASON_WITH_COMMAND_IDS: 'REASON_WITH_COMMAND_IDS';
   RESERVED_ORIGIN: 'RESERVED_ORIGIN';
   RESERVED_PRINCIPAL: 'RESERVED_PRINCIPAL';
+  RESET_TARGET_AMBIGUOUS: 'RESET_TARGET_AMBIGUOUS';
   RESULT_TOO_LARGE: 'RESULT_TOO_LARGE';
   SCHEMA_MISSING: 'SCHEMA_MISSING';
   SCHEMA_TOO_NEW: 'SCHEMA_TOO_NEW';
@@ -593,6 +595,11 @@ export declare class Reactions {
   dismiss(reaction: string, commandId: string, options?: CallOptions): Promise<unknown>;
   replayAll(reaction: string, options?: { reason?: string } & CallOptions): Promise<{ accepted: number; refused: number }>;
   dismissAll(reaction: string, options?: { reason?: string } & CallOptions): Promise<number>;
+  reset(
+    reaction: string,
+    to: number | 'start' | 'end',
+    options?: CallOptions,
+  ): Promise<{ previous_position: number; position: number; log_head: number }>;
   dropProcessState(reaction: string, stateKey: string, options?: CallOptions): Promise<unknown>;
   dropProcessStates(reaction: string, stateKeys: string[], options?: CallOptions): Promise<number>;
   processState(reaction: string, stateKey: string, options?: CallOptions): Promise<ProcessState & { position: number }>;
