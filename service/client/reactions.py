@@ -15,8 +15,8 @@ and takes ``timeout=``: seconds for the whole call, retries included (a
 listing: from its first page to its last), then ``DeadlineExceeded``;
 refusals are :class:`~service.client.errors.RemoteError` subclasses with the
 server's reason. Reading a process state takes the admin grant (any server
-answers). Replaying, dismissing and dropping states take the admin
-grant and the server that runs the reaction (elsewhere ``FailedPrecondition``
+answers). Replaying, dismissing, dropping states and resetting (``reset``:
+moving its checkpoint) take the admin grant and the server that runs the reaction (elsewhere ``FailedPrecondition``
 REACTION_RUNS_ELSEWHERE, that server's address in the metadata's
 ``runner`` when known). They are not idempotent: a retry after an answer
 lost once the server acted meets ``NotFound`` (PARKED_COMMAND_NOT_FOUND,
