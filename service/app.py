@@ -793,6 +793,7 @@ async def start(
         page_bytes=page_bytes,
         keys=roles.keys,
         state_keys_hidden=keyring is not None,
+        command_retention=settings.command_retention,
     )
     admin_service = AdminService(
         audit,

@@ -739,7 +739,9 @@ def _reset_reaction(args: argparse.Namespace, stub: reaction_service_pb2_grpc.Re
             "reset moves one reaction's checkpoint, and nothing else in the same call",
             "chronicle reaction NAME reset --to POSITION|start|end",
         )
-    request = reaction_service_pb2.ResetReactionRequest(name=args.name)
+    request = reaction_service_pb2.ResetReactionRequest(
+        name=args.name, even_if_records_pruned=args.even_if_records_pruned
+    )
     if args.to == "end":
         request.to_end = True
     elif args.to != "start":
@@ -773,7 +775,7 @@ def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
             "--parked, --replay, --dismiss, --replay-all, --dismiss-all and the --state options act on one reaction",
             "name it: chronicle reaction NAME --parked (or --replay COMMAND_ID, --replay-all, --state KEY, ...)",
         )
-    if args.verb == "reset" or args.to is not None:
+    if args.verb == "reset" or args.to is not None or args.even_if_records_pruned:
         return _reset_reaction(args, stub)
     if args.reason and not (args.replay_all or args.dismiss_all):
         raise _UsageError("--reason goes with --replay-all or --dismiss-all", "add one of them, or leave --reason out")
@@ -2795,6 +2797,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reaction.add_argument(
         "--to", type=_reset_to, metavar="POSITION|start|end", help="with reset: the new checkpoint (start: 0)"
+    )
+    reaction.add_argument(
+        "--even-if-records-pruned",
+        action="store_true",
+        help="with reset: back past the server's --command-retention too (for a reaction that never sent the"
+        " commands of those events: any it did, whose records were pruned, would be carried out again)",
     )
     chosen = reaction.add_mutually_exclusive_group()
     chosen.add_argument("--parked", action="store_true", help="list the reaction's parked commands")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -17,7 +19,14 @@ from service.api import process_states
 from service.api.codec import MAX_VERSION, check_id, duration, timestamp
 from service.api.page_tokens import checked_key_prefix, checked_page_size, fingerprint, make_token, read_token
 from service.audit import AuditLog
-from service.errors import ChronicleError, InvalidInput, NotAvailableHere, PermissionDenied, ResourceNotFound
+from service.errors import (
+    ChronicleError,
+    InvalidInput,
+    NotAvailableHere,
+    PermissionDenied,
+    ResourceNotFound,
+    ValidationError,
+)
 from service.plugins.reactions import Reaction
 from service.plugins.registry import Registry
 from service.principal import current_principal
@@ -26,7 +35,7 @@ from service.processing.reaction_documents import MAX_PARKED, STATE_PREFIX, Park
 from service.processing.reactions import ReactionRunner, Reactions
 from service.security.policy import Authorizer
 from service.store.base import KeyStore, LogReader, ProjectionStore
-from service.store.records import DocumentRange
+from service.store.records import DocumentRange, LogFilter
 from service.values import MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,15 @@ SERVICE = pb.DESCRIPTOR.services_by_name["ReactionService"].full_name
 # fewer (a caller that does not page gets them all, as before paging, while
 # they fit in the page's bytes).
 MAX_PAGE_SIZE = MAX_PARKED
+
+
+class RecordsMayBePruned(ValidationError):
+    """A reset back past the command retention: the commands sent for the
+    events it would hand the reaction again may have no record left, and
+    would be carried out again (FAILED_PRECONDITION)."""
+
+    default_reason = "COMMAND_RECORDS_PRUNED"
+    recorded = False
 
 
 @dataclass
@@ -57,7 +75,11 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         page_bytes: int = 1024 * 1024,
         keys: KeyStore | None = None,
         state_keys_hidden: bool = False,
+        command_retention: float = 0.0,
     ) -> None:
+        # Seconds command records are kept (0: forever): a reset back past
+        # them would send again commands no record answers.
+        self._command_retention = command_retention
         # Encryption at rest stores process-state keys as keyed hashes (they
         # may be personal: "transfer-of-ann"): the audit, which is in the
         # clear and filed under the reaction (forgetting an aggregate erases
@@ -245,10 +267,36 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             reaction = self._reaction("name", request.name)
             head = await self._log.log_head()
             to = reset_target(request, head)
+            if not request.even_if_records_pruned:
+                await self._check_records_kept(reaction.name, to)
             before = await self._reactions.runners[reaction.name].reset(to)
             outcome.message = f"checkpoint moved from {before} to {to} (log head {head})"
             log.warning("reaction %s: %s, by %r", reaction.name, outcome.message, current_principal.get().name)
             return pb.ResetReactionResponse(previous_position=before, position=to, log_head=head)
+
+    async def _check_records_kept(self, name: str, to: int) -> None:
+        """Refuse a reset to ``to`` when the events after it include some
+        written before the command retention's window: the records of the
+        commands the reaction sent for them may be pruned, and those
+        commands would run again. The first event after ``to``, whatever its
+        type, is the oldest the reaction handles again."""
+        if not self._command_retention:
+            return
+        page = await self._log.read_log(to, LogFilter(), 1)
+        if not page.events:
+            return
+        written_us = page.events[0].timestamp_us
+        if written_us >= (time.time() - self._command_retention) * 1_000_000:
+            return
+        written = datetime.fromtimestamp(written_us / 1_000_000, UTC).isoformat(timespec="seconds")
+        raise RecordsMayBePruned(
+            f"reaction {name}: the event after position {to} was written at {written}, before the server's"
+            f" command retention ({self._command_retention:g} s): the records of the commands it sent for such"
+            " events may be pruned, and those would be carried out again. Reset to a later position, or pass"
+            " even_if_records_pruned (--even-if-records-pruned) if it never sent them",
+            reason="COMMAND_RECORDS_PRUNED",
+            metadata={"reaction": name, "event_time": written, "retention": f"{self._command_retention:g}s"},
+        )
 
     async def GetProcessState(
         self, request: pb.GetProcessStateRequest, context: grpc.aio.ServicerContext[Any, Any]

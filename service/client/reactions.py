@@ -239,6 +239,7 @@ class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
         reaction: str,
         to: int | Literal["start", "end"],
         *,
+        even_if_records_pruned: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
     ) -> Reset:
         """Move ``reaction``'s checkpoint to ``to``: a log position, "start"
@@ -247,9 +248,11 @@ class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
         records where the store has them; imported events stay history).
         Admin grant, on the server that runs it (``FailedPrecondition``
         REACTION_RUNS_ELSEWHERE elsewhere); ``InvalidArgument``
-        POSITION_BEYOND_HEAD for a position past the log's head. Where it
-        was and is now, and the log's head then."""
-        request = pb.ResetReactionRequest(name=reaction)
+        POSITION_BEYOND_HEAD for a position past the log's head;
+        ``FailedPrecondition`` COMMAND_RECORDS_PRUNED back past the server's
+        command retention, unless ``even_if_records_pruned``. Where it was
+        and is now, and the log's head then."""
+        request = pb.ResetReactionRequest(name=reaction, even_if_records_pruned=even_if_records_pruned)
         if to == "end":
             request.to_end = True
         elif to != "start":

@@ -103,14 +103,14 @@ class Accounts:
             await store.close()
 
 
-def _new(aggregate_type: str, message: Message) -> NewEvent:
+def _new(aggregate_type: str, message: Message, *, age_us: int = 0) -> NewEvent:
     return NewEvent(
         event_id=str(uuid.uuid4()),
         aggregate_type=aggregate_type,
         event_type=message.DESCRIPTOR.full_name,
         schema_version=1,
         payload=message.SerializeToString(),
-        timestamp_us=time.time_ns() // 1000,
+        timestamp_us=time.time_ns() // 1000 - age_us,
         user_id="teller",
     )
 
@@ -313,3 +313,37 @@ async def test_the_replica_that_does_not_run_the_reaction_refuses_to_reset_it(po
         details = details_of(refused.value)
         assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "REACTION_RUNS_ELSEWHERE")
         assert (await status(runner, RELAY)).position == position
+
+
+DAY = 24 * 3600
+
+
+async def test_a_reset_back_past_the_command_retention_is_refused_unless_asked_for(tmp_path: Path) -> None:
+    """Records of commands decided before the retention window may be
+    pruned: handed their events again, the reaction would carry them out
+    again. An account opened two days ago, a server keeping command
+    records for one day: a reset to before it is refused, and moves
+    nothing; asked for knowingly, it is done; a reset after it is not
+    refused."""
+    path = tmp_path / "chronicle.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        await store.append("old", [_new("Account", bank.AccountOpened(owner="old"), age_us=2 * DAY * 10**6)], 0)
+        await store.append("new", [_new("Account", bank.AccountOpened(owner="new"))], 0)
+    finally:
+        await store.close()
+    keeping = replace(SETTINGS, command_retention=float(DAY))
+    async with running_server(SqliteStore(path), settings=keeping, registry=BANK) as (_, client):
+        head = (await caught_up(client, TRANSFERS)).position
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await reset(client, TRANSFERS, 0)
+        details = details_of(refused.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "COMMAND_RECORDS_PRUNED")
+        assert details.metadata["retention"] == f"{DAY}s"
+        assert (await status(client, TRANSFERS)).position == head
+
+        assert (await reset(client, TRANSFERS, 1)).position == 1  # after the old event: only new ones again
+        forced = pb.ResetReactionRequest(name=TRANSFERS, position=0, even_if_records_pruned=True)
+        assert (await client.reactions.ResetReaction(forced, timeout=10)).position == 0
+        await caught_up(client, TRANSFERS)

@@ -173,10 +173,17 @@ export class Reactions {
    * its commands under the same ids (answered from their records where the
    * store has them; imported events stay history). { previous_position,
    * position, log_head }. Rejects INVALID_ARGUMENT POSITION_BEYOND_HEAD for
-   * a position past the log's head. As `replay` for where and who.
+   * a position past the log's head, FAILED_PRECONDITION
+   * COMMAND_RECORDS_PRUNED back past the server's command retention unless
+   * `evenIfRecordsPruned`. As `replay` for where and who.
    */
-  async reset(reaction, to, { signal, timeoutSeconds } = {}) {
-    const request = { name: reaction, position: 0, to_end: to === 'end' };
+  async reset(reaction, to, { evenIfRecordsPruned = false, signal, timeoutSeconds } = {}) {
+    const request = {
+      name: reaction,
+      position: 0,
+      to_end: to === 'end',
+      even_if_records_pruned: evenIfRecordsPruned,
+    };
     if (to !== 'start' && to !== 'end') request.position = to;
     const { previous_position, position, log_head } = await this.#call(
       'ResetReaction',

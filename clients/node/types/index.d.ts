@@ -69,6 +69,7 @@ export declare const REASONS: Readonly<{
   COMMAND_ALREADY_RECORDED: 'COMMAND_ALREADY_RECORDED';
   COMMAND_ID_REUSED: 'COMMAND_ID_REUSED';
   COMMAND_INTERNAL: 'COMMAND_INTERNAL';
+  COMMAND_RECORDS_PRUNED: 'COMMAND_RECORDS_PRUNED';
   CONCURRENCY_CONFLICT: 'CONCURRENCY_CONFLICT';
   CONFIGURATION_ERROR: 'CONFIGURATION_ERROR';
   CONFIRMATION_MISMATCH: 'CONFIRMATION_MISMATCH';
@@ -598,7 +599,7 @@ export declare class Reactions {
   reset(
     reaction: string,
     to: number | 'start' | 'end',
-    options?: CallOptions,
+    options?: { evenIfRecordsPruned?: boolean } & CallOptions,
   ): Promise<{ previous_position: number; position: number; log_head: number }>;
   dropProcessState(reaction: string, stateKey: string, options?: CallOptions): Promise<unknown>;
   dropProcessStates(reaction: string, stateKeys: string[], options?: CallOptions): Promise<number>;
