@@ -280,8 +280,8 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         commands the reaction sent for them may be pruned, and those
         commands would run again. The first event after ``to``, whatever its
         type, is the oldest the reaction handles again."""
-        if not self._command_retention:
-            return
+        if not self._command_retention or to >= await self._documents.projection_position(name):
+            return  # forward: nothing is handled again
         page = await self._log.read_log(to, LogFilter(), 1)
         if not page.events:
             return
