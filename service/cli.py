@@ -1850,6 +1850,8 @@ def _import_done(counts: dict[str, Any]) -> str:
         done += f"; {counts['forgotten_skipped']:,} records of forgotten aggregates left out"
     if counts.get("global_claims_left_out"):
         done += f"; {counts['global_claims_left_out']:,} global claims of per-tenant scopes left out"
+    if counts.get("commands_past_events_left_out"):
+        done += f"; {counts['commands_past_events_left_out']:,} command records past their aggregates' events left out"
     if counts.get("claims_derived"):
         done += f"; {counts['claims_derived']:,} claims derived from the state of the imported aggregates"
     if counts.get("claims_released"):

@@ -214,6 +214,7 @@ def response(summary: ImportSummary) -> pb.ImportLogResponse:
         projections_to_rebuild=sorted(summary.projections_to_rebuild),
         read_model_keys_skipped=summary.read_model_keys_skipped,
         global_claims_left_out=summary.global_claims_left_out,
+        commands_past_events_left_out=summary.commands_past_events_left_out,
     )
 
 
@@ -236,6 +237,11 @@ def described(summary: ImportSummary) -> str:
         + (
             f"; {summary.global_claims_left_out} global claims of per-tenant scopes left out"
             if summary.global_claims_left_out
+            else ""
+        )
+        + (
+            f"; {summary.commands_past_events_left_out} command records past their aggregates' events left out"
+            if summary.commands_past_events_left_out
             else ""
         )
         + (f"; {summary.claims_derived} claims derived" if summary.claims_derived else "")

@@ -3,7 +3,9 @@ data keys (but read models': read_model_keys.py), the events up to the
 log's head when the export began (in log order; an archive of chosen
 aggregates has each one's events in version order), the snapshots and
 command records when asked for, the claims, and the end record that proves
-the stream whole.
+the stream whole. What is read after the events is bounded by them
+(head_bound.py): a store written to while it is exported gives a
+consistent copy up to the head.
 
 Records come from the store a page at a time, so an export of any size
 runs in bounded memory; a reader that stops reading stops the export.
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from chronicle.v1 import export_pb2
 from service.store.base import AggregateQuery, Store
 from service.store.records import TOMBSTONE_EVENT_TYPE, AggregateLastEvent, DataKey, LogFilter
+from service.transfer.head_bound import HeadBound
 from service.transfer.read_model_keys import is_read_model_key
 from service.transfer.records import (
     end_record,
@@ -114,12 +117,13 @@ class Exporter:
             )
         )
         counts: Counter[str] = Counter()
+        bound = HeadBound(self._store, head)
         parts = [self._data_keys(keys), self._events(chosen, head)]
         if selection.snapshots:
-            parts.append(self._snapshots(chosen))
-        parts.append(self._claims(chosen))
+            parts.append(self._snapshots(chosen, bound))
+        parts.append(self._claims(chosen, bound))
         if selection.commands and chosen is None:
-            parts.append(self._commands())
+            parts.append(self._commands(bound))
         for part in parts:
             async for record in part:
                 counts[record.WhichOneof("record") or ""] += 1
@@ -177,25 +181,51 @@ class Exporter:
                 return
             after = page.scanned_to
 
-    async def _snapshots(self, chosen: tuple[str, ...] | None) -> AsyncIterator[export_pb2.ExportRecord]:
+    async def _snapshots(
+        self, chosen: tuple[str, ...] | None, bound: HeadBound
+    ) -> AsyncIterator[export_pb2.ExportRecord]:
+        """The snapshots of exported versions (one taken after the head is left out)."""
         for aggregate_id in (None,) if chosen is None else chosen:
             after: tuple[str, int] = ("", 0)
             while page := await self._store.transfer.snapshots_page(after, self._page, aggregate_id=aggregate_id):
+                bound.next_page()
                 for snapshot in page:
-                    yield exported_snapshot(snapshot)
+                    if await bound.covers(snapshot.aggregate_id, snapshot.version):
+                        yield exported_snapshot(snapshot)
                 after = (page[-1].aggregate_id, page[-1].version)
 
-    async def _claims(self, chosen: tuple[str, ...] | None) -> AsyncIterator[export_pb2.ExportRecord]:
+    async def _claims(self, chosen: tuple[str, ...] | None, bound: HeadBound) -> AsyncIterator[export_pb2.ExportRecord]:
+        """The claims of aggregates that exist at the head (one created
+        after it holds nothing in the export)."""
         for aggregate_id in (None,) if chosen is None else chosen:
             after: tuple[str, str] = ("", "")
             while page := await self._store.transfer.claims_page(after, self._page, aggregate_id=aggregate_id):
+                bound.next_page()
                 for claim in page:
-                    yield exported_claim(claim)
+                    if await bound.covers(claim.aggregate_id, 1):
+                        yield exported_claim(claim)
                 after = (page[-1].scope, page[-1].value)
 
-    async def _commands(self) -> AsyncIterator[export_pb2.ExportRecord]:
+    async def _commands(self, bound: HeadBound) -> AsyncIterator[export_pb2.ExportRecord]:
+        """The command records whose events are exported. One that
+        appended nothing on an aggregate without events (a refusal at
+        version 0) is kept, and when that aggregate has no exported event,
+        its data key follows it: minted for the refusal's sealed texts, it
+        may be younger than the keys read first (an import writes a key an
+        aggregate has already as a no-op)."""
         after = ""
         while page := await self._store.transfer.commands_page(after, self._page):
+            bound.next_page()
+            keys_after: set[str] = set()
             for command in page:
+                if command.last_version == 0:
+                    if not await bound.covers(command.aggregate_id, 1):
+                        keys_after.add(command.aggregate_id)
+                elif not await bound.covers(command.aggregate_id, command.last_version):
+                    continue
                 yield exported_command(command)
+            for aggregate_id in sorted(keys_after):
+                key = await self._store.keys.load_data_key(aggregate_id)
+                if key is not None:
+                    yield exported_data_key(key)
             after = page[-1].command_id

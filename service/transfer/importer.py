@@ -177,6 +177,9 @@ class ImportSummary:
     claims_released: int = 0
     # Claim records global in a scope declared per tenant, left out to be derived (scope_switch.py).
     global_claims_left_out: int = 0
+    # Command records past the events of their aggregate, in the stream and
+    # the target, left out (_of_imported_events).
+    commands_past_events_left_out: int = 0
     # Projections (name: checkpoint) the events this import replaced leave
     # unlike a rebuild (read_models.py): they must be rebuilt.
     projections_to_rebuild: dict[str, int] = field(default_factory=dict)
@@ -518,6 +521,8 @@ class Importer:
         self._pending, self._pending_bytes, self._pending_records = [], 0, []
         self._places.clear()
         batch, indexes = await self._of_forgotten(batch, indexes)
+        if kind == "command" and not self._checking_only:  # the events it checks against are written first
+            batch, indexes = await self._of_imported_events(batch, indexes)
         await self._check_keys_in_store(batch, indexes)
         if not self._checking_only:
             batch, indexes = await self._sealed(batch, indexes)  # sealing may write the aggregates' data keys
@@ -621,6 +626,32 @@ class Importer:
                     continue
                 stored = shredded(stored)
             kept.append(stored)
+            kept_indexes.append(index)
+        return kept, kept_indexes
+
+    async def _of_imported_events(self, batch: list[Any], indexes: list[int]) -> tuple[list[Any], list[int]]:
+        """``batch`` (command records) without those whose last version is
+        beyond their aggregate's events in the target, which holds the
+        stream's by now (counted). An export taken under load by Chronicle
+        0.4.0 or earlier carries such records (read after its events): written,
+        one would answer a retry "replayed" at a version no event of its
+        own ever takes, and the command would be lost while its client is
+        told it succeeded. Left out, the retry runs the command. Dropped
+        rather than refused: the rest of such an export is a good copy, and
+        refusing would make it useless as a backup. One that appended
+        nothing at version 0 (a refusal before the aggregate existed) needs
+        no event and stays."""
+        heads: dict[str, int] = {}
+        kept: list[Any] = []
+        kept_indexes: list[int] = []
+        for record, index in zip(batch, indexes, strict=True):
+            aggregate_id = record.aggregate_id
+            if aggregate_id not in heads:
+                heads[aggregate_id] = await self._head_version(aggregate_id)
+            if record.last_version > heads[aggregate_id]:
+                self.summary.commands_past_events_left_out += 1
+                continue
+            kept.append(record)
             kept_indexes.append(index)
         return kept, kept_indexes
 
