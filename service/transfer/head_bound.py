@@ -11,7 +11,8 @@ version (the command lost, the client told it succeeded), or, sealed under
 a data key minted after the keys were read, never open (DATA_LOSS). So a
 record is kept only where the events up to the head reach:
 
-- a command record whose last version's event is at or below the head (one
+- a command record whose last version's event is at or below the head (a
+  deleted aggregate's: its tombstone, after the events it replaced; one
   that appended nothing on an aggregate with no events, a refusal at
   version 0, has no event to look at: it is kept, and its aggregate's data
   key is sent after it, since that key may be younger than the keys read
@@ -45,11 +46,14 @@ class HeadBound:
         self._known.clear()
 
     async def covers(self, aggregate_id: str, version: int) -> bool:
-        """Whether ``aggregate_id``'s event at ``version`` is exported."""
+        """Whether the exported events of ``aggregate_id`` reach ``version``:
+        its first event at or after it is at or below the head. (At or
+        after: a deleted aggregate keeps only its tombstone, at the version
+        after the events it replaced, and its command records stay covered.)"""
         known = self._known.get((aggregate_id, version))
         if known is None:
             events = await self._store.events.read_aggregate(
-                aggregate_id, AggregateQuery(from_version=version, to_version=version, limit=1)
+                aggregate_id, AggregateQuery(from_version=version, limit=1)
             )
             known = bool(events) and events[0].position <= self._head
             self._known[(aggregate_id, version)] = known

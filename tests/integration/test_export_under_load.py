@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from chronicle.v1 import admin_service_pb2 as admin
 from chronicle.v1 import export_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
@@ -212,3 +213,23 @@ async def test_an_import_leaves_out_command_records_past_the_events_of_an_old_ex
         assert len((await target.read_log(0, LogFilter(), 100)).events) == 3
         deposit = await client.submit(bank_.deposit)
         assert (deposit.replayed, deposit.version) == (False, 3)
+
+
+async def test_the_command_records_of_a_deleted_aggregate_stay_in_the_export(open_store: OpenStore, kind: str) -> None:
+    """A deleted aggregate keeps only its tombstone, at the version after
+    its events: the bound goes by it, and its command records (the audit of
+    its commands) are exported as before."""
+    async with (
+        open_store(kind, "source") as source,
+        running_server(source, anonymous_admin=True, master_keys=KEYS) as (_, client),
+    ):
+        for built in Bank().before:
+            await client.submit(built)
+        await client.admin.DeleteAggregate(admin.DeleteAggregateRequest(aggregate_id="acc-alice", reason="asked"))
+        records = await exported_under_load(source, _nothing)
+    commands = [record.command for record in of_kind(records, "command")]
+    assert sorted((c.aggregate_id, c.last_version) for c in commands) == [
+        ("acc-alice", 1),
+        ("acc-alice", 2),
+        ("usr-alice", 1),
+    ]
