@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from chronicle.v1 import admin_service_pb2 as admin
@@ -27,7 +29,7 @@ from service.store.base import Store, StoreAdapter
 from service.store.encryption import new_master_key
 from service.store.records import LogFilter
 from service.transfer.exporter import Exporter, ExportSelection
-from tests.support.grpc_client import Client, command, running_server
+from tests.support.grpc_client import Client, command, details_of, running_server
 from tests.support.postgres import Cluster
 from tests.support.transfer import OpenStore, imported, store_opener
 from tests.support.waiting import eventually
@@ -53,21 +55,32 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStore:
 class WritingAfterHead:
     """``inner``, whose ``log_head`` lets ``writes`` run once the head is
     read: the store gains events, command records, snapshots, claims and
-    data keys between the exporter's first read and the others."""
+    data keys between the exporter's first read and the others. With
+    ``after_keys``, they run at the first read of the log instead, once
+    the data keys were read."""
 
-    def __init__(self, inner: StoreAdapter, writes: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, inner: StoreAdapter, writes: Callable[[], Awaitable[None]], *, after_keys: bool = False) -> None:
         self._inner = inner
         self._writes: Callable[[], Awaitable[None]] | None = writes
+        self._after_keys = after_keys
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._inner, name)
 
-    async def log_head(self) -> int:
-        head = await self._inner.log_head()
+    async def _write_once(self) -> None:
         if self._writes is not None:
             writes, self._writes = self._writes, None
             await writes()
+
+    async def log_head(self) -> int:
+        head = await self._inner.log_head()
+        if not self._after_keys:
+            await self._write_once()
         return head
+
+    async def read_log(self, *args: Any, **kwargs: Any) -> Any:
+        await self._write_once()
+        return await self._inner.read_log(*args, **kwargs)
 
 
 class Bank:
@@ -100,11 +113,13 @@ async def snapshot_at(store: StoreAdapter, aggregate_id: str, version: int) -> b
 
 
 async def exported_under_load(
-    store: StoreAdapter, writes: Callable[[], Awaitable[None]], *, snapshots: bool = True
+    store: StoreAdapter, writes: Callable[[], Awaitable[None]], *, snapshots: bool = True, after_keys: bool = False
 ) -> list[Record]:
     """A whole export of ``store``, with its command records (and its
-    snapshots unless told), that lets ``writes`` run once it read the head."""
-    exporter = Exporter(Store.of(WritingAfterHead(store, writes)), source="test")  # type: ignore[arg-type]
+    snapshots unless told), that lets ``writes`` run once it read the head
+    (or its data keys)."""
+    wrapper = WritingAfterHead(store, writes, after_keys=after_keys)
+    exporter = Exporter(Store.of(wrapper), source="test")  # type: ignore[arg-type]
     return [record async for record in exporter.records(ExportSelection(snapshots=snapshots, commands=True))]
 
 
@@ -233,3 +248,33 @@ async def test_the_command_records_of_a_deleted_aggregate_stay_in_the_export(ope
         ("acc-alice", 2),
         ("usr-alice", 1),
     ]
+
+
+async def test_a_refusal_recorded_after_the_keys_were_read_brings_its_key(open_store: OpenStore, kind: str) -> None:
+    """A command refused on an aggregate with no events (version 0) has no
+    event to be bounded by: its record is kept, sealed under a data key
+    made for it, perhaps after the keys were read; that key follows it.
+    Imported, its retry is answered the same refusal, not DATA_LOSS."""
+    taken = command("usr-copycat", users.RegisterUser(email="alice@example.com", name="Copycat"))
+
+    async def refused() -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.submit(taken)
+        assert details_of(raised.value).reason == "NOT_UNIQUE"
+
+    async with (
+        open_store(kind, "source") as source,
+        running_server(source, anonymous_admin=True, master_keys=KEYS) as (_, client),
+    ):
+        for built in Bank().before:
+            await client.submit(built)
+        records = await exported_under_load(source, refused, after_keys=True)
+    (copycat,) = [r.command for r in of_kind(records, "command") if r.command.aggregate_id == "usr-copycat"]
+    assert copycat.last_version == 0
+    assert "usr-copycat" in {record.data_key.aggregate_id for record in of_kind(records, "data_key")}
+    async with (
+        open_store(kind, "target") as target,
+        running_server(target, anonymous_admin=True, master_keys=KEYS) as (_, client),
+    ):
+        await imported(client, records)
+        await refused()
