@@ -1,3 +1,3 @@
 """Chronicle: a gRPC command-processing service for event sourcing."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -36,7 +36,7 @@ def test_chronicle_version_says_the_package_version() -> None:
         [sys.executable, "-m", "service", "--version"], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == f"chronicle {version.described()}"
-    assert result.stdout.startswith("chronicle 0.4.0")
+    assert result.stdout.startswith("chronicle 0.5.0")
 
 
 def test_a_build_s_commit_is_read_from_what_the_build_hook_wrote(
