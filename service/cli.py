@@ -2627,7 +2627,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     import_.add_argument(
         "--master-key-file",
-        default=None,
+        default=env_value(os.environ, "CHRONICLE_MASTER_KEY_FILE"),
         help="with --database-url: the master keys of serve's --master-key-file (env CHRONICLE_MASTER_KEY_FILE, or"
         " CHRONICLE_MASTER_KEYS): what comes in the clear is sealed as a server with them seals it, and an export"
         " of a store encrypted at rest is taken only with the keys that open it (ENCRYPTED_EXPORT_WITHOUT_KEYS"

@@ -58,6 +58,7 @@ SELF_AUDITED = frozenset(
         "/chronicle.v1.ReactionService/GetProcessState",
         "/chronicle.v1.ReactionService/ListProcessStates",
         "/chronicle.v1.ReactionService/DropProcessState",
+        "/chronicle.v1.ReactionService/ResetReaction",
         "/chronicle.v1.SubscriptionGroupService/CreateGroup",
         "/chronicle.v1.SubscriptionGroupService/UpdateGroup",
         "/chronicle.v1.SubscriptionGroupService/DeleteGroup",

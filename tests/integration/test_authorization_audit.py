@@ -143,7 +143,7 @@ async def test_every_method_refuses_a_caller_without_credentials(served: Served)
         # Health alone answers without credentials, as documented.
         health = await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest())
     assert outcomes == dict.fromkeys(outcomes, (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS"))
-    assert len(outcomes) == 49
+    assert len(outcomes) == 50
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -250,6 +250,10 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
     ),
     "/chronicle.v1.ReactionService/DismissAllParkedCommands": (
         rx.DismissAllParkedCommandsRequest(reaction="bank.transfers"),
+        "ADMIN_DENIED",
+    ),
+    "/chronicle.v1.ReactionService/ResetReaction": (
+        rx.ResetReactionRequest(name="bank.transfers", position=1),
         "ADMIN_DENIED",
     ),
     "/chronicle.v1.ReactionService/DropProcessState": (
