@@ -582,6 +582,7 @@ class CheckpointedRunner:
     _retry_interval: float
     _poll_interval: float
     _batch_delay: float
+    _nudged: asyncio.Event  # set by ``nudge``; each runner makes its own
     _lease: ProjectionLease | None = None
     _task: asyncio.Task[None] | None = None
     # The failure last logged, and the failed attempts since the last step
@@ -684,13 +685,41 @@ class CheckpointedRunner:
         self._logger.exception("%s %s met an unexpected error", self.KIND, self.status.name)
         return self._unexpected(error)
 
+    def nudge(self) -> None:
+        """Look at the log and the checkpoint now (an operator rebuilt,
+        skipped or reset here), not at the next commit or poll, nor after
+        the pause that follows a failure."""
+        self._nudged.set()
+
+    def _poll_wait(self) -> float:
+        """The longest wait for a commit before the runner looks again."""
+        return self._poll_interval
+
     async def _wait_for_work(self, position: int) -> None:
-        """Until the log has events after ``position`` (or a poll's while)."""
-        await self._log.wait_for_commit(position, self._poll_interval)
+        """Until the log has events after ``position``, ``_poll_wait`` has
+        passed, or a nudge, whichever comes first."""
+        if self._nudged.is_set():
+            self._nudged.clear()
+            return
+        commit = asyncio.ensure_future(self._log.wait_for_commit(position, self._poll_wait()))
+        nudge = asyncio.ensure_future(self._nudged.wait())
+        try:
+            await asyncio.wait((commit, nudge), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            commit.cancel()
+            nudge.cancel()
+        self._nudged.clear()
 
     async def _pause_after_failure(self) -> None:
-        """The wait before a failed step is tried again."""
-        await asyncio.sleep(self._retry_interval)
+        """The wait before a failed step is tried again, cut short by a
+        nudge: what an operator did here is taken up at once, not after
+        retry_seconds."""
+        try:
+            async with asyncio.timeout(self._retry_interval):
+                await self._nudged.wait()
+        except TimeoutError:
+            return
+        self._nudged.clear()
 
     def _unexpected(self, error: Exception) -> ChronicleError:
         """An error that is not a ChronicleError, as the status shows it."""
@@ -836,12 +865,6 @@ class ProjectionRunner(CheckpointedRunner):
         wanted = projection.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
 
-    def nudge(self) -> None:
-        """Look at the log and the checkpoint now (a rebuild was asked for
-        here), not at the next commit or poll, nor after the pause that
-        follows a failure."""
-        self._nudged.set()
-
     def rebuilt(self) -> None:
         """RebuildProjection reset it here, recording this replica's declared
         version: a stop for documents of another version is over. Its error
@@ -852,29 +875,6 @@ class ProjectionRunner(CheckpointedRunner):
             self._version_stopped = False
             self._clear_error()
         self.nudge()
-
-    async def _wait_for_work(self, position: int) -> None:
-        if self._nudged.is_set():
-            self._nudged.clear()
-            return
-        commit = asyncio.ensure_future(self._log.wait_for_commit(position, self._poll_interval))
-        nudge = asyncio.ensure_future(self._nudged.wait())
-        try:
-            await asyncio.wait((commit, nudge), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            commit.cancel()
-            nudge.cancel()
-        self._nudged.clear()
-
-    async def _pause_after_failure(self) -> None:
-        # Cut short by a nudge: an event skipped or a rebuild asked for
-        # here is taken up at once, not after retry_seconds.
-        try:
-            async with asyncio.timeout(self._retry_interval):
-                await self._nudged.wait()
-        except TimeoutError:
-            return
-        self._nudged.clear()
 
     async def skip(self, position: int) -> ParkedEvent:
         """Park the event at ``position``, where the projection stands

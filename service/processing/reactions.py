@@ -1030,32 +1030,9 @@ class ReactionRunner(CheckpointedRunner):
         counted.command_failures[command_id] += 1
         batch.write(deadline_key(due.state_key, due.name), counted, tuple(sorted(state.subjects)), due_us=due.due_us)
 
-    async def _wait_for_work(self, position: int) -> None:
-        """Until the log has events after ``position``, a poll's while, the
-        soonest deadline is due, or an operator reset the checkpoint here,
-        whichever comes first."""
-        if self._nudged.is_set():
-            self._nudged.clear()
-            return
-        commit = asyncio.ensure_future(
-            self._log.wait_for_commit(position, self._soonest.wait(self._clock(), self._poll_interval))
-        )
-        nudge = asyncio.ensure_future(self._nudged.wait())
-        try:
-            await asyncio.wait((commit, nudge), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            commit.cancel()
-            nudge.cancel()
-        self._nudged.clear()
-
-    async def _pause_after_failure(self) -> None:
-        # Cut short by a reset: the operator moved it off the failure.
-        try:
-            async with asyncio.timeout(self._retry_interval):
-                await self._nudged.wait()
-        except TimeoutError:
-            return
-        self._nudged.clear()
+    def _poll_wait(self) -> float:
+        """A poll's while, or less: until the soonest deadline is due."""
+        return self._soonest.wait(self._clock(), self._poll_interval)
 
     async def reset(self, to: int) -> int:
         """Move the checkpoint to ``to`` (ResetReaction), forward or back,
@@ -1076,7 +1053,7 @@ class ReactionRunner(CheckpointedRunner):
             self._cache.clear()
             self._failures.forget()
             self._reset_to = self.status.position = to
-        self._nudged.set()
+        self.nudge()
         return before
 
     async def _act(
